@@ -1,0 +1,33 @@
+"""The `kamflat` command: one sub-command per module.
+
+Each sub-command lives in its own module with a `main(argv) -> int`; this file only
+dispatches, so adding a command is one line in COMMANDS.
+"""
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+}
+
+
+def usage():
+    lines = ["usage: kamflat COMMAND [ARGS...]", "", "commands:"]
+    for name, (_module, help_text) in COMMANDS.items():
+        lines.append("  %-8s %s" % (name, help_text))
+    lines.append("")
+    lines.append("`kamflat COMMAND --help` describes a command.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print("kamflat: unknown command %r\n\n%s" % (name, usage()), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
