@@ -1,0 +1,105 @@
+"""What the management transports may ask of a running server.
+
+The MI FIFO, the JSON-RPC FIFO and the binrpc ctl socket are three ways to reach the
+same commands; each transport parses its own wire format and then calls one
+`Management` object, so a command's behaviour is written once (here or in the
+process layer behind it) and only its formatting differs per transport.
+
+A Management lives in the management process. `kamflat serve` builds it with
+the real process table, rotation and statistics of the running server; a
+transport's own tests may build one with `Management.standalone()`, which is a
+complete server with no writer processes (a rotation then has nobody to wait for).
+"""
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Process:
+    """One row of `ps` / core.psx / core.psa."""
+
+    idx: int      # position in the process table (Kamailio's ID / IDX)
+    pid: int
+    rank: int     # Kamailio rank: 0 main, 1..N writers, negative for helpers
+    desc: str     # e.g. "attendant", "udp receiver child=0 sock=127.0.0.1:5060", "MI FIFO"
+
+
+@dataclass(frozen=True)
+class Stat:
+    group: str
+    name: str
+    value: int
+
+
+class Statistics:
+    """Named counters in registration order, grouped like Kamailio's (`core:rcv_requests`).
+
+    This in-process version is what `standalone()` uses; `kamflat serve` passes an
+    object with the same three methods backed by shared memory.
+    """
+
+    def __init__(self):
+        self._values = {}
+
+    def register(self, group, name):
+        self._values.setdefault((group, name), 0)
+
+    def add(self, group, name, n=1):
+        self._values[(group, name)] = self._values.get((group, name), 0) + n
+
+    def snapshot(self):
+        """All counters as a list of Stat, in registration order."""
+        return [Stat(g, n, v) for (g, n), v in self._values.items()]
+
+    def reset(self, group, name):
+        """Set one counter to 0. Returns False if there is no such counter."""
+        if (group, name) not in self._values:
+            return False
+        self._values[(group, name)] = 0
+        return True
+
+
+class Management:
+    """The server as the management commands see it."""
+
+    def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0):
+        self.argv = list(argv)
+        self.started = time.time() if started is None else started
+        self.debug = debug          # core.debug / MI `debug`: the log level
+        self.shv = {}               # pv shared variables: name -> int or str
+        self.statistics = statistics
+        self._processes = processes
+        self._rotate = rotate
+        self._stop = stop
+
+    @classmethod
+    def standalone(cls, argv=None):
+        """A management view of this process alone: no writers, real everything else."""
+        me = [Process(0, os.getpid(), 0, "attendant")]
+        return cls(
+            argv=sys.argv if argv is None else argv,
+            processes=lambda: me,
+            rotate=lambda: [],
+            statistics=Statistics(),
+            stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
+        )
+
+    def processes(self):
+        """The process table, as a list of Process."""
+        return list(self._processes())
+
+    def rotate(self):
+        """Make every writer close its files; the next record of each opens new ones.
+
+        Returns when every writer has closed the files it had open, or when the time
+        limit ran out. The result is a list of error strings (one per writer that did
+        not answer or failed); an empty list means the rotation is complete.
+        """
+        return list(self._rotate())
+
+    def stop(self):
+        """Stop the whole server cleanly (MI `kill`)."""
+        self._stop()
