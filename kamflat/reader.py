@@ -1,0 +1,241 @@
+"""Reading db_flatstore files back: lines -> values, values -> named columns, files -> one stream.
+
+The parsing half is pure (bytes in, lists out) so it can be tested with tables; the small IO
+half at the bottom lists a table's files in a directory and opens them (plain or compressed).
+
+What a flatstore line is (Kamailio 5.6, observed): values joined by `|`, ended by `\\n`, no
+header, no quoting. With `encode_delimiter=1` a `|` inside a string value is written `%7C`,
+but `%` itself is never escaped, so `a%7Cb` and `a|b` in the SIP message look the same on disk:
+decoding `%7C` is a guess, which is why it is only done when asked (`decode=True`).
+A folded SIP header can put a raw CR/LF inside a value (`foo\\r` + newline + ` bar`); such a
+record spans two physical lines and the splitter joins them back (see RecordSplitter).
+"""
+import bz2
+import gzip
+import heapq
+import lzma
+import os
+import re
+from typing import NamedTuple
+
+# acc's fixed columns, in the order acc writes them (acc_db_request and tm-flag accounting).
+ACC_COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time")
+# The tables acc writes by default (db_table_acc, db_table_missed_calls).
+ACC_TABLES = ("acc", "missed_calls")
+
+ENCODED_DELIMITER = "%7C"  # what encode_delimiter writes for `|` (uppercase hex, as observed)
+
+# Rotated-file suffixes we can decompress with the standard library, and ones we cannot.
+DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+UNREADABLE_SUFFIXES = (".zst", ".lz4", ".lzo", ".Z", ".zip", ".br")
+
+
+class RecordSplitter:
+    """Cuts a byte stream into whole records; a partial last line waits for more data.
+
+    feed(data) buffers; records() returns the complete records so far (without their `\\n`).
+    A line ending in `\\r` followed by a line starting with a space or TAB is one record cut
+    by a folded SIP header, and the two lines are joined back with `\\n`. A `\\r` line at the
+    very end of the data fed so far is taken as complete: a writer with flush=1 writes a
+    whole record at a time, so its continuation would have come with it.
+    """
+
+    def __init__(self):
+        self._buffer = b""
+
+    def feed(self, data):
+        self._buffer += data
+
+    @property
+    def pending(self):
+        """Bytes of an incomplete last line (waiting for its `\\n`)."""
+        return self._buffer
+
+    def records(self):
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            return []
+        complete, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+        out = []
+        for line in complete.split(b"\n"):
+            if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
+                out[-1] += b"\n" + line
+            else:
+                out.append(line)
+        return out
+
+
+def split_records(data):
+    """All whole records in `data` (bytes); a trailing line without `\\n` is returned too."""
+    splitter = RecordSplitter()
+    splitter.feed(data)
+    records = splitter.records()
+    if splitter.pending:
+        records.append(splitter.pending)
+    return records
+
+
+def parse_record(raw, decode=False, errors="surrogateescape"):
+    """One record (bytes, without `\\n`) -> list of str values.
+
+    Values are decoded as UTF-8; bytes that are not UTF-8 are kept losslessly as surrogate
+    escapes by default (errors="surrogateescape"). decode=True turns `%7C` back into `|`,
+    which is ambiguous (see the module docstring). NULL and empty strings both read as "".
+    """
+    text = raw.decode("utf-8", errors) if isinstance(raw, bytes) else raw
+    values = text.split("|")
+    if decode:
+        values = [decode_value(v) for v in values]
+    return values
+
+
+def decode_value(value):
+    """`%7C` -> `|`: undoes encode_delimiter, but a `%7C` that was literally sent becomes `|` too."""
+    return value.replace(ENCODED_DELIMITER, "|")
+
+
+def parse_db_extra(spec):
+    """acc's db_extra ("src_user=$fU;src_domain=$fd") -> column names ["src_user", "src_domain"]."""
+    names = []
+    for item in (spec or "").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, _pv = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError("db_extra item %r is not NAME=PSEUDOVARIABLE" % item)
+        names.append(name.strip())
+    return names
+
+
+def acc_columns(extra=()):
+    """Column names of an acc record: the 7 fixed ones, then the db_extra names in config order."""
+    return list(ACC_COLUMNS) + list(extra)
+
+
+def name_values(values, keys):
+    """Values -> {column: value}. Values past the known keys go under "_extra" (a list), so a
+    record with a raw `|` (encode_delimiter=0) or a changed db_extra is still shown whole."""
+    record = dict(zip(keys, values))
+    if len(values) > len(keys):
+        record["_extra"] = list(values[len(keys):])
+    return record
+
+
+def time_key(values, time_index, previous):
+    """Sort key of a record: its time column as an int, else the previous record's key."""
+    if time_index is None or time_index >= len(values):
+        return previous
+    try:
+        return int(values[time_index])
+    except ValueError:
+        return previous
+
+
+# ---- file names ------------------------------------------------------------------------
+
+class TableFile(NamedTuple):
+    """A file that belongs to a table: `<table>_<N>.log` plus an optional rotation suffix."""
+    name: str
+    number: int      # the N in <table>_<N>.log (rank + 128 for workers, -rank otherwise)
+    suffix: str      # "" for the live file, ".1", "-20260101", ".old", ".1.gz", ...
+
+    @property
+    def rotated(self):
+        return bool(self.suffix)
+
+    @property
+    def compression(self):
+        """".gz"/".bz2"/".xz" if readable compressed, "unreadable" if compressed otherwise."""
+        for ext in DECOMPRESSORS:
+            if self.suffix.endswith(ext):
+                return ext
+        if self.suffix.endswith(UNREADABLE_SUFFIXES):
+            return "unreadable"
+        return ""
+
+
+def table_file_pattern(table):
+    return re.compile(r"%s_(\d+)\.log(.*)\Z" % re.escape(table), re.DOTALL)
+
+
+def match_table_file(name, table, rotated=False, pattern=None):
+    """`name` -> TableFile if it is one of `table`'s files (live, or rotated when asked)."""
+    match = (pattern or table_file_pattern(table)).match(name)
+    if not match or (match.group(2) and not rotated):
+        return None
+    return TableFile(name, int(match.group(1)), match.group(2))
+
+
+def select_table_files(names, table, rotated=False):
+    """The names (from a directory listing) that are `table`'s files, live ones by N."""
+    pattern = table_file_pattern(table)
+    found = [match_table_file(n, table, rotated, pattern) for n in names]
+    return sorted((f for f in found if f), key=lambda f: (f.rotated, f.number, f.name))
+
+
+# ---- IO: listing, reading, merging -------------------------------------------------------
+
+class TableRecord(NamedTuple):
+    raw: bytes       # the record as on disk, without its `\n`
+    file: str        # the file name it was read from
+
+
+def list_table_files(directory, table, rotated=False):
+    """`table`'s files in `directory`, oldest first: rotated ones by mtime, then the live ones.
+
+    Compressed rotated files that the standard library cannot read are left out.
+    """
+    names = os.listdir(directory)
+    files = [f for f in select_table_files(names, table, rotated) if f.compression != "unreadable"]
+
+    def age(f):
+        try:
+            mtime = os.stat(os.path.join(directory, f.name)).st_mtime
+        except FileNotFoundError:  # renamed or compressed away while we listed
+            mtime = float("inf")
+        return (not f.rotated, mtime if f.rotated else 0, f.number, f.name)
+    return sorted(files, key=age)
+
+
+def read_table_file(directory, table_file):
+    """Yield TableRecords of one file (decompressing .gz/.bz2/.xz); a missing file yields none."""
+    path = os.path.join(directory, table_file.name)
+    opener = DECOMPRESSORS.get(table_file.compression, open)
+    try:
+        with opener(path, "rb") as stream:
+            splitter = RecordSplitter()
+            for chunk in iter(lambda: stream.read(65536), b""):
+                splitter.feed(chunk)
+                for raw in splitter.records():
+                    yield TableRecord(raw, table_file.name)
+            if splitter.pending:  # a torn last line (Kamailio flush=0 killed): still shown
+                yield TableRecord(splitter.pending, table_file.name)
+    except FileNotFoundError:
+        return
+
+
+def merge_records(streams, time_index=None):
+    """Merge per-file record streams by the time column (stable: ties keep file, then line order).
+
+    Without a time column the streams are simply concatenated in the order given.
+    """
+    if time_index is None:
+        for stream in streams:
+            yield from stream
+        return
+
+    def keyed(order, stream):
+        key = 0
+        for line, record in enumerate(stream):
+            key = time_key(parse_record(record.raw), time_index, key)
+            yield (key, order, line, record)
+    merged = heapq.merge(*(keyed(i, s) for i, s in enumerate(streams)))
+    for _key, _order, _line, record in merged:
+        yield record
+
+
+def read_table(directory, table, rotated=False, time_index=None):
+    """Every record of `table` in `directory`, merged across its files (see merge_records)."""
+    files = list_table_files(directory, table, rotated)
+    return merge_records([read_table_file(directory, f) for f in files], time_index)
