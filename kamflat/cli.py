@@ -10,6 +10,9 @@ import sys
 COMMANDS = {
     "serve": ("kamflat.serve", "run the server in the foreground (-f FILE)"),
     "send": ("kamflat.send", "feed JSON-line records to a running server"),
+    "cat": ("kamflat.cat", "print a table's records merged across its per-process files"),
+    "follow": ("kamflat.follow", "print a table's records as they are written, across rotations"),
+    "gen": ("kamflat.gen", "generate realistic acc records (to a server, a file or stdout)"),
 }
 
 

@@ -267,3 +267,9 @@ class _InotifyWatch:
 
     def close(self):
         self._notifier.stop()
+
+
+def main(argv):
+    """`kamflat follow ...` (the arguments and output are handled in kamflat/tools.py)."""
+    from kamflat.tools import run
+    return run("follow", argv)

@@ -1,0 +1,159 @@
+"""`kamflat cat` and `kamflat follow` end to end, as subprocesses on real files."""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import DATA, kamflat_argv, kamflat_env, run_kamflat, wait_until
+
+KAMAILIO_FILES = DATA / "reader"   # acc files Kamailio 5.6.3 wrote (db_extra: 3 columns)
+
+
+@pytest.fixture
+def acc_dir(tmp_path):
+    directory = tmp_path / "acc"
+    shutil.copytree(KAMAILIO_FILES, directory)
+    return directory
+
+
+def kamailio_lines():
+    return [line for p in sorted(KAMAILIO_FILES.glob("acc_*.log"))
+            for line in p.read_bytes().splitlines()]
+
+
+def test_cat_prints_every_record_as_on_disk_merged_by_time(acc_dir):
+    result = subprocess.run(kamflat_argv("cat", "--dir", acc_dir, "acc"), env=kamflat_env(),
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(lines) == sorted(kamailio_lines())
+    times = [int(line.split(b"|")[6]) for line in lines]
+    assert times == sorted(times)
+
+
+def test_cat_json_names_columns_and_decodes_when_asked(acc_dir):
+    keys = "method,from_tag,to_tag,callid,sip_code,sip_reason,time,src_user,src_domain,dst_ouser"
+    result = run_kamflat("cat", "--dir", acc_dir, "--json", "--keys", keys, "--decode", "acc")
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(objects) == len(kamailio_lines())
+    by_callid = {o["record"]["callid"]: o for o in objects}
+    assert by_callid["call|pipe|3"]["record"]["dst_ouser"] == "to|user"
+    assert by_callid["call-ü-用户-4"]["record"]["dst_ouser"] == "用户"
+    bye = by_callid["call-basic-1@127.0.0.1"]
+    assert bye["table"] == "acc" and bye["file"].startswith("acc_")
+    raw = run_kamflat("cat", "--dir", acc_dir, "--json", "acc")
+    assert "call%7Cpipe%7C3" in raw.stdout   # not decoded unless asked
+    other = run_kamflat("cat", "--dir", acc_dir, "--json", "acc_other")
+    assert other.returncode == 0 and other.stdout == ""
+
+
+def test_cat_rotated_reads_plain_and_gzip_rotations(tmp_path):
+    (tmp_path / "missed_calls_129.log").write_bytes(b"INVITE|a||c3|486|Busy Here|30\n")
+    (tmp_path / "missed_calls_129.log.1").write_bytes(b"INVITE|a||c2|487|Request Terminated|20\n")
+    with gzip.open(tmp_path / "missed_calls_130.log-20261126.gz", "wb") as f:
+        f.write(b"INVITE|a||c1|408|Request Timeout|10\n")
+    plain = run_kamflat("cat", "--dir", tmp_path, "missed_calls")
+    assert plain.stdout.splitlines() == ["INVITE|a||c3|486|Busy Here|30"]
+    rotated = run_kamflat("cat", "--dir", tmp_path, "--rotated", "--json", "missed_calls")
+    records = [json.loads(line)["record"] for line in rotated.stdout.splitlines()]
+    assert [(r["callid"], r["sip_code"]) for r in records] == [("c1", "408"), ("c2", "487"), ("c3", "486")]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dir", "/nonexistent/acc", "acc"], "flatstore directory /nonexistent/acc does not exist"),
+    (["--dir", "/tmp", "../etc/acc"], "'../etc/acc' is not a table name"),
+])
+def test_cat_errors_are_one_clear_line(args, message):
+    result = run_kamflat("cat", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cat_into_a_closed_pipe_is_quiet(acc_dir):
+    proc = subprocess.Popen(kamflat_argv("cat", "--dir", acc_dir, "acc"), env=kamflat_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == b""
+
+
+class FollowProcess:
+    """`kamflat follow ...` running, its stdout lines collected as they come."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(kamflat_argv("follow", *args), env=kamflat_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.buffer = b""
+
+    def lines(self):
+        chunk = self.proc.stdout.read()
+        if chunk:
+            self.buffer += chunk
+        return self.buffer.splitlines()
+
+    def wait_lines(self, n, what):
+        return wait_until(lambda: len(self.lines()) >= n and self.lines(), what=what)
+
+    def finish(self):
+        """Wait for it to stop by itself (--count/--timeout): (exit status, stderr)."""
+        self.proc.wait(timeout=10)
+        self.lines()
+        return self.proc.returncode, self.proc.stderr.read().decode()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def append(path, data):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("mode_args", [["--poll"], []], ids=["poll", "auto"])
+def test_follow_across_a_rename_and_a_new_file(tmp_path, mode_args):
+    live = tmp_path / "acc_129.log"
+    append(live, b"INVITE|f1|t1|c1|200|OK|1\n")
+    with FollowProcess("--dir", tmp_path, "--count", "5", "--timeout", "20", *mode_args,
+                       "acc") as follower:
+        follower.wait_lines(1, "the existing record")
+        append(live, b"BYE|f1|t1|c1|200|OK|2\nINVITE|f2|")          # a record half written
+        os.rename(live, tmp_path / "acc_129.log.1")                   # mv ...
+        append(tmp_path / "acc_129.log.1", b"t2|c2|200|OK|3\n")      # writer not reopened yet
+        append(live, b"INVITE|f3|t3|c3|200|OK|4\n")                   # reopened by name
+        append(tmp_path / "acc_130.log", b"INVITE|f4|t4|c4|200|OK|5\n")  # a new process
+        code, err = follower.finish()
+    assert code == 0, err
+    got = follower.lines()
+    assert sorted(got) == sorted([b"INVITE|f1|t1|c1|200|OK|1", b"BYE|f1|t1|c1|200|OK|2",
+                                  b"INVITE|f2|t2|c2|200|OK|3", b"INVITE|f3|t3|c3|200|OK|4",
+                                  b"INVITE|f4|t4|c4|200|OK|5"])
+
+
+def test_follow_new_json_only_what_comes_and_timeout_stops_it(tmp_path):
+    append(tmp_path / "acc_129.log", b"INVITE|old|||200|OK|1\n")
+    with FollowProcess("--dir", tmp_path, "--new", "--json", "--poll", "--timeout", "1.5",
+                       "acc") as follower:
+        # keep appending until the follower (started at the end) has seen one of them
+        n = 0
+
+        def seen():
+            nonlocal n
+            n += 1
+            append(tmp_path / "acc_129.log", b"INVITE|new%d||c%%7Cx|200|OK|2\n" % n)
+            return follower.lines()
+        wait_until(seen, what="a new record")
+        code, err = follower.finish()
+    assert code == 0, err
+    records = [json.loads(line) for line in follower.lines()]
+    assert records and all(r["record"]["from_tag"].startswith("new") for r in records)
+    assert records[0]["record"]["callid"] == "c%7Cx"
