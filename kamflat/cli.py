@@ -8,6 +8,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
+    "check": ("kamflat.check", "read a Kamailio config and say what kamflat would run"),
 }
 
 
