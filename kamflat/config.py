@@ -338,9 +338,8 @@ class _Parser:
             raise self.error('kamflat is not a loadable module: its params are always '
                              'available as modparam("kamflat", ...)', token)
         if name in config.modules:
-            config.warnings.append("%s: module %s is already loaded (at %s); this loadmodule "
-                                   "is ignored" % (token.where, name, config._loaded_at[name]))
-            return
+            raise self.error("module %s is already loaded (at %s); Kamailio refuses to load a "
+                             "module twice" % (name, config._loaded_at[name]), token)
         config.modules.append(name)
         config._loaded_at[name] = token.where
         if name not in EMULATED:
