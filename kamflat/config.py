@@ -17,7 +17,7 @@ import difflib
 from dataclasses import dataclass
 
 from kamflat import modparams
-from kamflat.modparams import EITHER, EMULATED, INT, KAMFLAT, KNOWN_NOT_EMULATED, STR
+from kamflat.modparams import EMULATED, INT, KAMFLAT, KNOWN_NOT_EMULATED, STR
 from kamflat.preproc import ConfigError, compile_ere, preprocess, read_text_file
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -27,6 +27,7 @@ ROUTE_BLOCKS = {"route", "request_route", "failure_route", "reply_route", "onrep
                 "branch_route", "onsend_route", "event_route"}
 SKIPPED_DECLARATIONS = {"flags", "bool", "avpflags", "cfgengine"}
 INT_MIN, INT_MAX = -2 ** 31, 2 ** 31 - 1
+TOP_LEVEL_ERROR = "%s at the top level: expected name=value, loadmodule, modparam or a route block"
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,17 @@ class _Parser:
         self.i += 1
         return token
 
-    def statement_end(self):
-        """Index just past this statement: a ';' or the next line outside brackets."""
+    def statement_end(self, at_value=False):
+        """Index just past this statement: a ';' or the next line outside brackets.
+
+        The statement starts at the current token, or (at_value) its value does, and a
+        value on the next line is no value (kamflat reads one statement per line).
+        """
         depth, j = 0, self.i
+        first = self.i if at_value else self.i + 1
         while j < len(self.tokens):
             token = self.tokens[j]
-            if depth == 0 and j > self.i and token.newline_before:
+            if depth == 0 and j >= first and token.newline_before:
                 return j
             if token.kind == "punct":
                 if token.value in "([":
@@ -219,8 +225,7 @@ class _Parser:
             elif self.is_punct(token, "}"):
                 raise self.error("unexpected '}': no block is open here")
             elif token.kind != "id":
-                raise self.error("unexpected %s at the top level; expected name=value, "
-                                 "loadmodule, modparam or a route block" % _describe(token))
+                raise self.error(TOP_LEVEL_ERROR % _describe(token))
             elif token.value in ("loadmodule", "loadmodulex"):
                 self.loadmodule()
             elif token.value in ("modparam", "modparamx"):
@@ -234,8 +239,7 @@ class _Parser:
             elif token.value in SKIPPED_DECLARATIONS:
                 self.skip_statement("statement")
             else:
-                raise self.error("unexpected %s at the top level; expected name=value, "
-                                 "loadmodule, modparam or a route block" % _describe(token))
+                raise self.error(TOP_LEVEL_ERROR % _describe(token))
 
     def skip_statement(self, kind):
         token = self.peek()
@@ -250,7 +254,7 @@ class _Parser:
             name += "." + self.peek().value
         self.i += 1
         self.expect_punct("=", name, name_token)
-        end = self.statement_end()
+        end = self.statement_end(at_value=True)
         value = [t for t in self.tokens[self.i:end] if not self.is_punct(t, ";")]
         if not value:
             raise self.error("%s= needs a value on the same line" % name, name_token)
@@ -286,7 +290,7 @@ class _Parser:
         self.i += 1
         if self.is_punct(self.peek(), "="):
             self.i += 1
-        end = self.statement_end()
+        end = self.statement_end(at_value=True)
         value = [t for t in self.tokens[self.i:end] if not self.is_punct(t, ";")]
         self.config.mpath = self.string_value(value, at.value, at)
         self.i = end
@@ -401,10 +405,10 @@ class _Parser:
                 if module == KAMFLAT and len(matched) > 1:
                     continue          # a wide regex also matched the always-there kamflat
                 close = difflib.get_close_matches(param, params, n=3, cutoff=0.6)
-                hint = "did you mean %s? " % " or ".join(close) if close else ""
-                raise self.error('modparam: module %s has no parameter "%s"; %s(its '
+                hint = "; did you mean %s?" % " or ".join(close) if close else ""
+                raise self.error('modparam: module %s has no parameter "%s"%s (its '
                                  'parameters: %s)' % (module, param, hint,
-                                                      ", ".join(params) or "none"), at)
+                                                     ", ".join(params) or "none"), at)
             if params is not None:
                 _check_value(module, param, value, params[param], token, config)
             config._settings.setdefault((module, param), []).append(
@@ -413,7 +417,7 @@ class _Parser:
 
 def _check_value(module, param, value, declared, token, config):
     """Kamailio's type check for one emulated param, plus what its mod_init rejects."""
-    kind = params_type = declared[0]
+    params_type = declared[0]      # EITHER takes both forms
     where = (token.file, token.line)
     if isinstance(value, int) and params_type == STR:
         raise ConfigError('modparam("%s", "%s", %s): %s takes a string, got the integer %s; '
@@ -426,8 +430,6 @@ def _check_value(module, param, value, declared, token, config):
     if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         raise ConfigError('modparam("%s", "%s", %d): the value does not fit in a 32-bit int'
                           % (module, param, value), *where)
-    if kind == EITHER:
-        pass
     if (module, param) in modparams.NO_EFFECT:
         config.warnings.append('%s:%d: modparam("%s", "%s") has no effect in kamflat: %s'
                                % (*where, module, param, modparams.NO_EFFECT[module, param]))
@@ -476,13 +478,13 @@ def _check(config):
                               '"db_flatstore.so"' % url, file, int(line))
 
 
-def _as_written(tokens):
-    """Tokens back to text (strings by value), spaced as they were."""
+def _as_written(tokens, string_values=True):
+    """Tokens back to text, spaced as they were; strings by value or as written."""
     out = []
     for t in tokens:
         if out and t.space_before:
             out.append(" ")
-        out.append(t.value if t.kind == "str" else t.text)
+        out.append(t.value if t.kind == "str" and string_values else t.text)
     return "".join(out)
 
 
@@ -495,5 +497,10 @@ def _int_value(tokens):
 
 
 def _plain_value(tokens):
+    """A global's value: an int, a string's text, or the tokens as written."""
     number = _int_value(tokens)
-    return number if number is not None else _as_written(tokens)
+    if number is not None:
+        return number
+    if len(tokens) == 1 and tokens[0].kind == "str":
+        return tokens[0].value
+    return _as_written(tokens, string_values=False)
