@@ -420,3 +420,76 @@ def test_random_configs_raise_only_config_errors(lines):
         parse_config("\n".join(lines), "fuzz.cfg")
     except ConfigError as e:
         assert str(e)
+
+
+# ---- the same verdict as the real Kamailio 5.6 (`kamailio -c`) ----------------------
+
+KAMAILIO = shutil.which("kamailio") or (
+    "/usr/sbin/kamailio" if shutil.os.path.exists("/usr/sbin/kamailio") else None)
+FS = 'listen=udp:127.0.0.1:5060\nloadmodule "db_flatstore.so"\n'
+ACC = FS + 'loadmodule "tm.so"\nloadmodule "acc.so"\n'
+
+# (case id, config text using only modules of Debian's kamailio package, accepted?)
+AGREEMENT_CASES = [
+    ("int param", FS + 'modparam("db_flatstore", "flush", 0)', True),
+    ("int param given a string", FS + 'modparam("db_flatstore", "flush", "0")', False),
+    ("string param given an int", ACC + 'modparam("acc", "db_table_acc", 5)', False),
+    ("str and string are interchangeable", ACC + 'modparam("acc", "db_extra", "a=$fU")', True),
+    ("unknown param", FS + 'modparam("db_flatstore", "flsh", 1)', False),
+    ("no such module loaded", FS + 'modparam("acc", "db_flag", 1)', False),
+    ("modparam before loadmodule", 'modparam("db_flatstore", "flush", 1)\n' + FS, False),
+    ("case-insensitive regex", FS + 'modparam("DB_FLAT.*", "flush", 1)', True),
+    ("yes, hex, octal, binary", FS + 'modparam("db_flatstore", "flush", yes)\n'
+     'modparam("db_flatstore", "flush", 0x1)\nmodparam("db_flatstore", "flush", 0660)\n'
+     'modparam("db_flatstore", "flush", 101b)', True),
+    ("joined strings and raw strings", ACC + 'modparam("acc", "db_extra", "a=$fU;"\n "b=$tU")\n'
+     "modparam('acc', 'db_table_acc', 'x')", True),
+    ("defines", '#!define F 1\n#!trydef F 2\n#!redefine F 0\n' + FS +
+     'modparam("db_flatstore", "flush", F)', True),
+    ("define twice", "#!define F 1\n#!define F 2\n" + FS, False),
+    ("undefined define as a value", FS + 'modparam("db_flatstore", "flush", F)', False),
+    ("a comment in a define value", "#!define F 1 # c\n" + FS +
+     'modparam("db_flatstore", "flush", F)', False),
+    ("ifdef, else", "#!ifdef X\nbad bad\n#!else\n" + FS + "#!endif\n", True),
+    ("unclosed ifdef", "#!ifdef X\n" + FS, False),
+    ("endif with a comment", "#!ifdef X\n#!endif # X\n" + FS, False),
+    ("stray endif", FS + "#!endif\n", False),
+    ("nested comments", FS + "/* a /* b */ c */\nchildren=2", True),
+    ("substdef", '#!substdef "/NAME/db_flatstore/"\n' + FS +
+     'modparam("NAME", "flush", 1)', True),
+    ("subst joins the next line's string", FS + '#!subst "/a/b/"\n"x"\n', False),
+    ("loadmodule twice", FS + 'loadmodule "db_flatstore.so"', False),
+    ("a } too many", FS + "request_route {\n\texit;\n}\n}\n", False),
+    ("unclosed block", FS + "request_route {\n\tif (1) {\n\t\texit;\n}\n", False),
+    ("unknown top-level word", FS + "foo\n", False),
+    ("import_file of a missing file", FS + 'import_file "nope.cfg"\n', True),
+    ("include_file of a missing file", FS + 'include_file "nope.cfg"\n', False),
+    ("globals and a route block", "#!KAMAILIO\n" + FS + 'loadmodule "pv.so"\n'
+     'debug=2\nfork=no\nchildren=2\n'
+     'log_prefix="{$mt} "\nrequest_route {\n\tif ($rU == "}") { exit; } # }\n\tdrop;\n}\n',
+     True),
+]
+
+
+@pytest.mark.skipif(KAMAILIO is None, reason="needs the kamailio binary (Debian kamailio)")
+@pytest.mark.parametrize("text,accepted", [c[1:] for c in AGREEMENT_CASES],
+                         ids=[c[0] for c in AGREEMENT_CASES])
+def test_same_verdict_as_kamailio(tmp_path, text, accepted):
+    cfg = tmp_path / "k.cfg"
+    cfg.write_text(text)
+    real = subprocess.run([KAMAILIO, "-c", "-f", str(cfg)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert (real.returncode == 0) == accepted, real.stderr
+    try:
+        load_config(str(cfg))
+        ours = True
+    except ConfigError:
+        ours = False
+    assert ours == accepted
+
+
+@pytest.mark.skipif(KAMAILIO is None, reason="needs the kamailio binary (Debian kamailio)")
+def test_kamailio_accepts_the_debian_cfg_too():
+    real = subprocess.run([KAMAILIO, "-c", "-f", str(DEBIAN)], capture_output=True, text=True,
+                          timeout=30)
+    assert real.returncode == 0, real.stderr
