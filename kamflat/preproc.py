@@ -339,6 +339,8 @@ class _Scanner:
                 word = WORD_RE.match(text, p).group()
                 if word in ("include_file", "import_file"):
                     p = self.include(word, text, p + len(word), file, line, depth)
+                    if self.ifdefs and not self.ifdefs[-1].active:  # left open by the file
+                        p, line = self.skip(text, p, file, line)
                     newline = space = True
                     continue
                 if word in self.defines and NAME_RE.match(word) and word not in YES_WORDS:

@@ -315,3 +315,11 @@ def test_random_text_raises_only_config_errors(text, defines):
         preprocess(text, "fuzz.cfg", defines)
     except ConfigError as e:
         assert str(e)
+
+
+def test_an_ifdef_left_open_by_an_included_file_goes_on_in_the_includer(tmp_path):
+    """The #!ifdef state is global in Kamailio, across include_file."""
+    write(tmp_path / "open.cfg", "#!ifdef NO\nhidden\n")
+    main = write(tmp_path / "main.cfg", 'include_file "%s/open.cfg"\nskipped\n#!endif\nshown\n'
+                 % tmp_path)
+    assert [t.value for t in scan_file(main).tokens] == ["shown"]
