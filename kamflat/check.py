@@ -46,9 +46,6 @@ def main(argv):
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    except RecursionError:
-        print("%s: the config nests too deeply to read" % args.file, file=sys.stderr)
-        return 1
     for warning in config.warnings:
         print("kamflat: warning: %s" % warning, file=sys.stderr)
     notice = config.notice()

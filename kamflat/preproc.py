@@ -298,8 +298,8 @@ class _Scanner:
                 p, line, space = p + 2, line + 1, True
                 continue
             if c in "#/!":
-                m = COMPAT_RE.match(text, p) if c in "#/" else None
-                if m and (c == "#" or text.startswith("//", p)):
+                m = COMPAT_RE.match(text, p)
+                if m:
                     self.compat = m.group(1)
                     p = m.end()
                     continue
