@@ -18,7 +18,7 @@ def summary(config):
     jsonrpc_fifo = None
     transport = module_param("jsonrpcs", "transport")
     if transport is not None and (transport == 0 or transport & 2):
-        jsonrpc_fifo = config.param("jsonrpcs", "fifo_name")
+        jsonrpc_fifo = config.runtime_path(config.param("jsonrpcs", "fifo_name"))
     ctl = ",".join(config.param_values("ctl", "binrpc")) if config.has_module("ctl") else None
     fields = [
         ("children", config.children),

@@ -23,6 +23,7 @@ from kamflat.preproc import ConfigError, compile_ere, preprocess, read_text_file
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
 DEFAULT_CHILDREN = 8   # Kamailio's default
+DEFAULT_RUN_DIR = "/var/run/kamailio/"   # Kamailio's RUN_DIR (Debian's build too)
 ROUTE_BLOCKS = {"route", "request_route", "failure_route", "reply_route", "onreply_route",
                 "branch_route", "onsend_route", "event_route"}
 SKIPPED_DECLARATIONS = {"flags", "bool", "avpflags", "cfgengine"}
@@ -101,6 +102,20 @@ class Config:
         """"FILE:LINE" of the last modparam that set module's param, or None."""
         settings = self._settings.get((module, name))
         return "%s:%d" % (settings[-1].file, settings[-1].line) if settings else None
+
+    @property
+    def run_dir(self):
+        """Kamailio's runtime directory: `run_dir=`/`rundir=`, else its default."""
+        for name in ("run_dir", "rundir"):
+            if isinstance(self.globals.get(name), str):
+                return self.globals[name]
+        return DEFAULT_RUN_DIR
+
+    def runtime_path(self, path):
+        """A relative path the way Kamailio's jsonrpcs resolves it: under run_dir."""
+        if not path or path.startswith("/"):
+            return path
+        return self.run_dir.rstrip("/") + "/" + path
 
     @property
     def db_dir(self):

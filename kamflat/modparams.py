@@ -85,7 +85,7 @@ EMULATED = {
         "varset":                      (STR, None, True),
         "avp_aliases":                 (STR, None, True),
     },
-    "jsonrpcs": {   # Kamailio 5.x JSON-RPC; a relative fifo_name is under run_dir
+    "jsonrpcs": {   # Kamailio 5.x JSON-RPC; a relative fifo_name is under Config.run_dir
         "fifo_name":                   (STR, "kamailio_rpc.fifo", False),
         "fifo_mode":                   (INT, 0o660, False),
         "fifo_reply_dir":              (STR, "/tmp/", False),
@@ -100,8 +100,8 @@ EMULATED = {
         "dgram_user":                  (EITHER, None, False),
         "dgram_group":                 (EITHER, None, False),
     },
-    "ctl": {   # binrpc control socket(s) for kamcmd
-        "binrpc":                      (STR, "unix:/var/run/kamailio/kamailio_ctl", True),
+    "ctl": {   # binrpc control socket(s) for kamcmd (default as in Debian's ctl.so)
+        "binrpc":                      (STR, "unixs:/var/run/kamailio//kamailio_ctl", True),
         "fifo":                        (STR, None, True),
         "mode":                        (INT, 0o600, False),
         "user":                        (EITHER, None, False),

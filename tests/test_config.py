@@ -74,8 +74,9 @@ GOOD_CASES = [
         "param:acc:db_table_acc": "acc", "param:acc:db_table_missed_calls": "missed_calls",
         "param:acc:db_extra": None, "param:jsonrpcs:fifo_name": "kamailio_rpc.fifo",
         "param:jsonrpcs:fifo_reply_dir": "/tmp/", "param:jsonrpcs:fifo_mode": 0o660,
-        "values:ctl:binrpc": ["unix:/var/run/kamailio/kamailio_ctl"],
-        "values:pv:shvset": [], "shv": {}, "db_dir": None}),
+        "values:ctl:binrpc": ["unixs:/var/run/kamailio//kamailio_ctl"],
+        "values:pv:shvset": [], "shv": {}, "db_dir": None, "run_dir": "/var/run/kamailio/"}),
+    ("run_dir", 'loadmodule "jsonrpcs.so"\nrun_dir="/run/k"', {"run_dir": "/run/k"}),
     ("value forms", MODS + 'modparam("mi_fifo", "fifo_mode", 0600)\n'
      'modparam("jsonrpcs", "fifo_mode", 0x1b6)\nmodparam("db_flatstore", "flush", 0b)\n'
      'modparam("db_flatstore", "encode_delimiter", no)\nmodparam("acc", "db_flag", -1)\n'
@@ -271,8 +272,9 @@ def test_sample_config_loads_and_check_summarises_it():
 def test_check_of_debian_cfg_prints_the_summary_and_the_notice():
     result = run_kamflat("check", "-f", DEBIAN)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == ("children=8 db_dir=- mi_fifo=- jsonrpc_fifo=kamailio_rpc.fifo "
-                             "ctl=unix:/var/run/kamailio/kamailio_ctl ingest_socket=- flush=-\n")
+    assert result.stdout == ("children=8 db_dir=- mi_fifo=- jsonrpc_fifo=/var/run/kamailio/"
+                             "kamailio_rpc.fifo ctl=unixs:/var/run/kamailio//kamailio_ctl "
+                             "ingest_socket=- flush=-\n")
     assert result.stderr.startswith("kamflat: notice: parsed past, not emulated: statements "
                                     "debug, log_stderror, memdbg")
 
@@ -493,3 +495,10 @@ def test_kamailio_accepts_the_debian_cfg_too():
     real = subprocess.run([KAMAILIO, "-c", "-f", str(DEBIAN)], capture_output=True, text=True,
                           timeout=30)
     assert real.returncode == 0, real.stderr
+
+
+def test_runtime_path_is_under_run_dir_as_jsonrpcs_does():
+    config = parse_config('rundir="/run/k/"')
+    assert config.runtime_path("kamailio_rpc.fifo") == "/run/k/kamailio_rpc.fifo"
+    assert config.runtime_path("/tmp/x.fifo") == "/tmp/x.fifo"
+    assert parse_config("").runtime_path("f") == "/var/run/kamailio/f"
