@@ -426,8 +426,7 @@ def test_random_configs_raise_only_config_errors(lines):
 
 # ---- the same verdict as the real Kamailio 5.6 (`kamailio -c`) ----------------------
 
-KAMAILIO = shutil.which("kamailio") or (
-    "/usr/sbin/kamailio" if shutil.os.path.exists("/usr/sbin/kamailio") else None)
+KAMAILIO = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin")
 FS = 'listen=udp:127.0.0.1:5060\nloadmodule "db_flatstore.so"\n'
 ACC = FS + 'loadmodule "tm.so"\nloadmodule "acc.so"\n'
 
