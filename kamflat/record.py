@@ -186,18 +186,14 @@ def _escape_fields(values, texts, str_rules, string_rules):
     return texts
 
 
-def _to_bytes(line, values):
-    try:
-        return line.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        for index, value in enumerate(values):
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8", "surrogateescape")
-                except UnicodeEncodeError as error:
-                    raise RecordError("value %d: not encodable as UTF-8: %s"
-                                      % (index, error)) from None
-        raise
+def _unencodable(values):
+    for index, value in enumerate(values):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as error:
+                return RecordError("value %d: not encodable as UTF-8: %s" % (index, error))
+    return RecordError("record not encodable as UTF-8")
 
 
 def make_encoder(encode_delimiter=True, encode_newlines=False):
@@ -217,15 +213,17 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
     converted_positions = {}  # record length -> positions of non-str values seen so far
 
     def encode(values):
-        if values.__class__ is not list and values.__class__ is not tuple:
-            values = tuple(values)  # it may be walked twice
         texts = list(values)
         try:
-            for i in converted_positions[len(texts)]:
+            # len(values), not len(texts): an iterator has no len(), so it goes to the
+            # general path before anything in texts was converted.
+            for i in converted_positions[len(values)]:
                 value = texts[i]
                 texts[i] = str(value) if value.__class__ is int else by_type[value.__class__](value)
             line = "|".join(texts)
         except (KeyError, TypeError, ValueError):
+            if not hasattr(values, "__len__"):
+                values = tuple(texts)  # the general path walks the values again
             texts = _field_texts(values)
             seen = converted_positions.get(len(texts), ())
             converted_positions[len(texts)] = tuple(sorted(set(seen).union(
@@ -234,7 +232,10 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
         if ((encode_delimiter and line.count("|") != len(texts) - 1)
                 or (encode_newlines and ("\n" in line or "\r" in line))):
             line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
-        return _to_bytes(line + "\n", values)
+        try:
+            return (line + "\n").encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise _unencodable(values) from None
 
     return encode
 
