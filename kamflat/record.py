@@ -196,42 +196,63 @@ def _unencodable(values):
     return RecordError("record not encodable as UTF-8")
 
 
+# Records longer than this are not given a compiled joiner (they take the general path).
+MAX_COMPILED_FIELDS = 255
+
+
+def _compile_joiner(count, positions):
+    """A function that joins one record shape: `count` values, of which those at
+    `positions` may be non-str. It unpacks the values into locals, converts only those
+    positions (a plain int inline: an f-string formats it without a call) and lets
+    "|".join() type-check the rest: a non-str value anywhere else raises TypeError.
+    The generated source holds only names and numbers, never values."""
+    names = ["v%d" % i for i in range(count)]
+    fields = [('(f"{%s}" if %s.__class__ is int else convert[%s.__class__](%s))' % ((name,) * 4)
+               if i in positions else name) for i, name in enumerate(names)]
+    source = ("def join_fields(values):\n"
+              "    %s, = values\n"
+              "    return '|'.join((%s,))\n" % (", ".join(names), ", ".join(fields)))
+    namespace = {"convert": _BY_TYPE}
+    exec(source, namespace)
+    join_fields = namespace["join_fields"]
+    join_fields.positions = frozenset(positions)
+    return join_fields
+
+
 def make_encoder(encode_delimiter=True, encode_newlines=False):
     """Return `encode(values) -> bytes` for one set of options (a writer keeps one).
 
-    Hot path: a record is mostly plain str values, so the encoder remembers, per record
-    length, the positions that held something else (numbers, None, ...), converts only
-    those and lets "|".join() type-check the rest. Any surprise (a new length, a non-str
-    value somewhere new, an unknown type, a bad value) takes the general path, which
-    converts every value, names a bad one by position, and widens the remembered
-    positions. Converted fields never contain "|", CR or LF, so one count over the joined
-    line tells whether a string value needs escaping.
+    Hot path: records of one table have one shape, mostly str values with numbers or None
+    at fixed places. Per record length the encoder keeps a compiled joiner (see
+    _compile_joiner) for the positions that held non-str values so far. Any surprise (a
+    new length, a non-str value somewhere new, an unknown type, a bad value) takes the
+    general path, which converts every value, names a bad one by position, and compiles
+    a joiner for the widened positions. Converted fields never contain "|", CR or LF, so
+    one count over the joined line tells whether a string value needs escaping.
     """
     str_rules = (_DELIMITER if encode_delimiter else ()) + (_NEWLINES if encode_newlines else ())
     string_rules = _NEWLINES if encode_newlines else ()
-    by_type = _BY_TYPE
-    converted_positions = {}  # record length -> positions of non-str values seen so far
+    joiners = {}  # record length -> compiled joiner
+
+    def learn(values):
+        count = len(values)
+        if 0 < count <= MAX_COMPILED_FIELDS:
+            old = joiners.get(count)
+            positions = {i for i, value in enumerate(values) if value.__class__ is not str}
+            if old is None or not positions <= old.positions:
+                joiners[count] = _compile_joiner(count, positions | (old.positions if old else set()))
 
     def encode(values):
-        texts = list(values)
         try:
-            # len(values), not len(texts): an iterator has no len(), so it goes to the
-            # general path before anything in texts was converted.
-            for i in converted_positions[len(values)]:
-                value = texts[i]
-                texts[i] = str(value) if value.__class__ is int else by_type[value.__class__](value)
-            line = "|".join(texts)
+            line = joiners[len(values)](values)  # an iterator has no len(): general path
         except (KeyError, TypeError, ValueError):
             if not hasattr(values, "__len__"):
-                values = tuple(texts)  # the general path walks the values again
-            texts = _field_texts(values)
-            seen = converted_positions.get(len(texts), ())
-            converted_positions[len(texts)] = tuple(sorted(set(seen).union(
-                i for i, value in enumerate(values) if value.__class__ is not str)))
-            line = "|".join(texts)
-        if ((encode_delimiter and line.count("|") != len(texts) - 1)
+                values = tuple(values)
+            line = "|".join(_field_texts(values))
+            learn(values)
+        if ((encode_delimiter and line.count("|") != len(values) - 1)
                 or (encode_newlines and ("\n" in line or "\r" in line))):
-            line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
+            line = "|".join(_escape_fields(values, _field_texts(values), str_rules, string_rules))
         try:
             return (line + "\n").encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:

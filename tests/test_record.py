@@ -187,3 +187,12 @@ def test_recorded_kamailio_line(name, values, line):
     assert encode_record(values) == line
     raw = "|".join(str(value) for value in values) + "\n"    # Kamailio 3.x: no escaping
     assert encode_record(values, encode_delimiter=False) == raw.encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("count", [1, 255, 256, 1000])
+def test_records_of_any_length(count):
+    values = [i if i % 3 == 0 else None if i % 3 == 1 else "s|%d" % i for i in range(count)]
+    expected = "|".join(str(i) if i % 3 == 0 else "" if i % 3 == 1 else "s%%7C%d" % i
+                        for i in range(count)) + "\n"
+    encode = make_encoder()
+    assert encode(values) == encode(values) == expected.encode()
