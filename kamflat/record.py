@@ -244,8 +244,13 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
 
     def encode(values):
         try:
+            if values.__class__ is str:
+                raise TypeError  # one value, not a record: the general path says so
             line = joiners[len(values)](values)  # an iterator has no len(): general path
         except (KeyError, TypeError, ValueError):
+            if isinstance(values, (str, bytes, bytearray)):
+                raise RecordError("a record is a sequence of values, not a %s: %.60r"
+                                  % (type(values).__name__, values)) from None
             if not hasattr(values, "__len__"):
                 values = tuple(values)
             line = "|".join(_field_texts(values))

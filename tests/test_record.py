@@ -116,8 +116,11 @@ def test_any_iterable_of_values():
     ([datetime.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)], "value 0: datetime 1969-12-31T23:59:59+00:00 is before 1970"),
     (["ok", "bad \ud800 surrogate"], "value 1: not encodable as UTF-8"),
     ([10 ** 5000], "value 0: "),
+    ("INVITE", "a record is a sequence of values, not a str: 'INVITE'"),
+    (b"INVITE", "a record is a sequence of values, not a bytes"),
 ])
 def test_bad_values_are_named_by_position(values, message):
+    encode_record(["x"] * len(values))   # a record of the same length seen before
     with pytest.raises(RecordError) as caught:
         encode_record(values)
     assert str(caught.value).startswith(message)
