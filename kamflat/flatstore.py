@@ -180,7 +180,7 @@ class _TableFile:
         view = memoryview(data)
         while written < len(data):
             try:
-                count = os.write(self.fd, view[written:])
+                count = _write(self.fd, view[written:])
                 if count == 0:
                     raise OSError(28, os.strerror(28))  # ENOSPC: no progress
             except OSError as error:
@@ -211,7 +211,7 @@ class _TableFile:
     def write(self, data, record_sizes):
         fd = self.fd if self.fd is not None else self.open()
         try:
-            written = os.write(fd, data)
+            written = _write(fd, data)
         except OSError as error:
             raise self.failed(error) from None
         if written != len(data):

@@ -162,9 +162,7 @@ def _field_texts(values):
         convert = _BY_TYPE.get(type(value)) or _converter(value, index)
         try:
             texts.append(convert(value))
-        except RecordError as error:
-            raise RecordError("value %d: %s" % (index, error)) from None
-        except ValueError as error:  # e.g. an int too long for str()
+        except ValueError as error:  # a RecordError, or e.g. an int too long for str()
             raise RecordError("value %d: %s" % (index, error)) from None
     return texts
 
