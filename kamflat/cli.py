@@ -8,6 +8,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
+    "fifo": ("kamflat.mi_client", "send one classic MI command over the MI FIFO (like kamctl fifo)"),
 }
 
 
