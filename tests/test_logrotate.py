@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import REPO, kamflat_env
+from conftest import REPO, kamflat_env, wait_until
 from serverutil import Server
 from test_serve import acc_line, check_exactly_once
 from kamflat.client import send
@@ -26,7 +26,7 @@ def policy_for(server):
 @pytest.mark.skipif(not shutil.which("logrotate") and not shutil.which(LOGROTATE),
                     reason="logrotate (Debian package) is not installed")
 def test_logrotate_twice_under_load_loses_nothing(tmp_path):
-    total = 60_000
+    total = 200_000
     with Server(tmp_path, children=2, flush=0) as server:
         conf = tmp_path / "logrotate.conf"
         conf.write_text(policy_for(server))
@@ -36,6 +36,9 @@ def test_logrotate_twice_under_load_loses_nothing(tmp_path):
         sender.start()
         try:
             for _ in range(2):
+                # Wait for live files with records in them (they appear on first write).
+                wait_until(lambda: any(p.stat().st_size for p in server.acc.glob("*.log")),
+                           30, what="records in a live acc file")
                 server_state = tmp_path / "logrotate.state"
                 proc = subprocess.run([LOGROTATE, "-f", "-s", str(server_state), str(conf)],
                                       env=kamflat_env(), capture_output=True, text=True,
