@@ -104,11 +104,15 @@ class MIFifoServer:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._create_fifo()
+        try:
+            self._create_fifo()
+        except MIFifoError:
+            self.close()
+            raise
         self._start_watch()
         stats = getattr(self.management, "statistics", None)
-        for name in ("requests", "errors", "dropped"):
-            if stats is not None:
+        if stats is not None:       # mi_fifo:requests / errors / dropped, for get_statistics
+            for name in ("requests", "errors", "dropped"):
                 stats.register("mi_fifo", name)
         log.info("MI FIFO listening on %s", self.fifo_name)
 

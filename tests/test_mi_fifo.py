@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import re
 import select
 import stat
@@ -214,13 +215,20 @@ def test_fifo_created_0660_replacing_a_stale_file_and_removed_on_close(tmp_path)
         MIFifoServer(str(tmp_path / "no" / "fifo"), management=Management.standalone()).open()
 
 
-def test_reply_indent_param(tmp_path):
-    srv = Running(tmp_path, reply_indent="  ")
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_fifo_user_and_group(tmp_path):
+    path = str(tmp_path / "kamailio_fifo")
+    server = MIFifoServer(path, fifo_mode=0o600, fifo_user="nobody", fifo_group=65534,
+                          management=Management.standalone())
+    server.open()
     try:
-        reply = srv.ask(b":which:%s_i\n\n" % TAG.encode(), TAG + "_i")
-        assert reply == WHICH_REPLY
+        st_ = os.stat(path)
+        assert (st_.st_uid, st_.st_gid, stat.S_IMODE(st_.st_mode)) == (pwd.getpwnam("nobody").pw_uid, 65534, 0o600)
     finally:
-        srv.close()
+        server.close()
+    with pytest.raises(MIFifoError, match="cannot create MI FIFO %s: .*no-such-user" % path):
+        MIFifoServer(path, fifo_user="no-such-user", management=Management.standalone()).open()
+    assert not os.path.lexists(path) and os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "directory"])
