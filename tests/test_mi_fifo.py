@@ -455,6 +455,14 @@ def test_kamflat_fifo_prints_like_kamctl_and_exits_by_status(srv):
     assert (done.returncode, done.stdout) == (1, "404 Not found\n")
 
 
+def test_kamflat_fifo_usage_errors_exit_1():
+    done = run_kamflat("fifo")
+    assert done.returncode == 1 and "CMD" in done.stderr
+    done = run_kamflat("fifo", "--fifo", "/nonexistent", "shv_set", "sv", "s", "two\nlines")
+    assert done.returncode == 1 and "argument 3 contains a newline" in done.stderr
+    assert "fifo" in run_kamflat("--help").stdout
+
+
 def test_kamflat_fifo_server_missing(tmp_path):
     missing = str(tmp_path / "kamailio_fifo")
     done = run_kamflat("fifo", "--fifo", missing, "which")
