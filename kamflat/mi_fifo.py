@@ -180,7 +180,7 @@ class MIFifoServer:
         old, self._fd, self._ident = self._fd, fd, (st.st_dev, st.st_ino)
         self._sel.register(fd, selectors.EVENT_READ, self._on_request_bytes)
         if old is not None:             # bytes written before the old one was deleted still count
-            self._read_all(old)
+            self._read_all(old, most=1024)
             self._sel.unregister(old)
             os.close(old)
 
@@ -222,8 +222,9 @@ class MIFifoServer:
         self._notifier.process_events()
         self._check_fifo()
 
-    def _read_all(self, fd):
-        while True:
+    def _read_all(self, fd, most=64):
+        """Read and handle what is there (at most `most` reads, so timers still run)."""
+        for _ in range(most):
             try:
                 data = os.read(fd, self.READ_SIZE)
             except BlockingIOError:
@@ -335,7 +336,7 @@ class MIFifoServer:
             result.action()
             return
         if result is None:
-            job.data = ("500 command '%s' failed\n" % job.command).encode()
+            job.data = mi.command_failed(job.command)
         elif isinstance(result, Reply):
             job.data = mi.encode_reply(result.code, result.reason, result.nodes, self.reply_indent)
         else:

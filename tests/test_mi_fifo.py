@@ -70,6 +70,8 @@ class Running:
 
     def _rotate(self):
         self.rotations += 1
+        if self.rotate_errors == "raise":
+            raise OSError("the arbiter pipe is closed")
         return list(self.rotate_errors)
 
     def logged(self, text):
@@ -380,10 +382,13 @@ def test_flat_rotate_replies_200_only_when_complete(srv):
     srv.rotate_errors = ["writer 2 (pid 42): acc_130.log: Permission denied"]
     assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name) == \
         b"500 Rotation incomplete\nwriter 2 (pid 42): acc_130.log: Permission denied\n\n"
+    srv.rotate_errors = "raise"         # a command that blows up: Kamailio's "failed" line
+    assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name) == b"500 command 'flat_rotate' failed\n"
+    assert srv.logged("command 'flat_rotate' failed")
     # no reply FIFO: not run (as in Kamailio)
     write_request(srv.path, b":flat_rotate:%s_none\n\n" % TAG.encode(), 2)
     wait_until(lambda: srv.logged("open error (/tmp/%s_none)" % TAG), timeout=2)
-    assert srv.rotations == 2
+    assert srv.rotations == 3
 
 
 def test_statistics_commands(srv):
