@@ -395,6 +395,11 @@ def parse_error_reply(command):
     return wire("400 parse error in command '%s'\n" % command)
 
 
+def command_failed(command):
+    """mi_fifo's one-line error when a command gave no reply at all."""
+    return wire("500 command '%s' failed\n" % command)
+
+
 def encode_request(command, reply_name, args=()):
     """The request bytes a kamctl-style client writes (one arg per line)."""
     lines = [":%s:%s\n" % (command, reply_name)]

@@ -125,8 +125,15 @@ def unreachable_hint(fifo):
             "** ERROR: and also have loaded the mi_fifo module.\n" % (fifo, fifo))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        """Usage errors exit 1 (as kamctl's), keeping 2 for "server unreachable"."""
+        self.print_usage(sys.stderr)
+        self.exit(1, "%s: error: %s\n" % (self.prog, message))
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kamflat fifo",
         description="Send one classic MI command over the MI FIFO (like `kamctl fifo`).")
     where = parser.add_mutually_exclusive_group()

@@ -104,11 +104,15 @@ class MIFifoServer:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._create_fifo()
+        try:
+            self._create_fifo()
+        except MIFifoError:
+            self.close()
+            raise
         self._start_watch()
         stats = getattr(self.management, "statistics", None)
-        for name in ("requests", "errors", "dropped"):
-            if stats is not None:
+        if stats is not None:       # mi_fifo:requests / errors / dropped, for get_statistics
+            for name in ("requests", "errors", "dropped"):
                 stats.register("mi_fifo", name)
         log.info("MI FIFO listening on %s", self.fifo_name)
 
@@ -176,7 +180,7 @@ class MIFifoServer:
         old, self._fd, self._ident = self._fd, fd, (st.st_dev, st.st_ino)
         self._sel.register(fd, selectors.EVENT_READ, self._on_request_bytes)
         if old is not None:             # bytes written before the old one was deleted still count
-            self._read_all(old)
+            self._read_all(old, most=1024)
             self._sel.unregister(old)
             os.close(old)
 
@@ -218,8 +222,9 @@ class MIFifoServer:
         self._notifier.process_events()
         self._check_fifo()
 
-    def _read_all(self, fd):
-        while True:
+    def _read_all(self, fd, most=64):
+        """Read and handle what is there (at most `most` reads, so timers still run)."""
+        for _ in range(most):
             try:
                 data = os.read(fd, self.READ_SIZE)
             except BlockingIOError:
@@ -331,7 +336,7 @@ class MIFifoServer:
             result.action()
             return
         if result is None:
-            job.data = ("500 command '%s' failed\n" % job.command).encode()
+            job.data = mi.command_failed(job.command)
         elif isinstance(result, Reply):
             job.data = mi.encode_reply(result.code, result.reason, result.nodes, self.reply_indent)
         else:

@@ -6,10 +6,10 @@ to the server FIFO, read the reply FIFO to EOF).
 """
 import base64
 import fcntl
-import importlib.util
 import json
 import logging
 import os
+import pwd
 import re
 import select
 import stat
@@ -69,6 +69,8 @@ class Running:
 
     def _rotate(self):
         self.rotations += 1
+        if self.rotate_errors == "raise":
+            raise OSError("the arbiter pipe is closed")
         return list(self.rotate_errors)
 
     def logged(self, text):
@@ -214,13 +216,20 @@ def test_fifo_created_0660_replacing_a_stale_file_and_removed_on_close(tmp_path)
         MIFifoServer(str(tmp_path / "no" / "fifo"), management=Management.standalone()).open()
 
 
-def test_reply_indent_param(tmp_path):
-    srv = Running(tmp_path, reply_indent="  ")
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_fifo_user_and_group(tmp_path):
+    path = str(tmp_path / "kamailio_fifo")
+    server = MIFifoServer(path, fifo_mode=0o600, fifo_user="nobody", fifo_group=65534,
+                          management=Management.standalone())
+    server.open()
     try:
-        reply = srv.ask(b":which:%s_i\n\n" % TAG.encode(), TAG + "_i")
-        assert reply == WHICH_REPLY
+        st_ = os.stat(path)
+        assert (st_.st_uid, st_.st_gid, stat.S_IMODE(st_.st_mode)) == (pwd.getpwnam("nobody").pw_uid, 65534, 0o600)
     finally:
-        srv.close()
+        server.close()
+    with pytest.raises(MIFifoError, match="cannot create MI FIFO %s: .*no-such-user" % path):
+        MIFifoServer(path, fifo_user="no-such-user", management=Management.standalone()).open()
+    assert not os.path.lexists(path) and os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "directory"])
@@ -357,9 +366,17 @@ def test_burst_of_1000_requests_from_20_clients(srv):
     assert srv.rotations == sum(1 for n in range(20) for i in range(50) if (n + i) % len(mix) == 3)
 
 
+def pyinotify_works():
+    try:
+        import pyinotify            # noqa: F401  (optional; needs pyasyncore on 3.12+)
+    except Exception:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("how", ["rm", "mv"])
 def test_fifo_recreated_when_deleted(srv, tmp_path, how):
-    assert srv.server.watch == ("inotify" if importlib.util.find_spec("pyinotify") else "stat")
+    assert srv.server.watch == ("inotify" if pyinotify_works() else "stat")
     os.unlink(srv.path) if how == "rm" else os.rename(srv.path, str(tmp_path / "moved"))
     wait_until(lambda: os.path.exists(srv.path) and stat.S_ISFIFO(os.stat(srv.path).st_mode),
                timeout=2, what="FIFO recreated")
@@ -372,10 +389,13 @@ def test_flat_rotate_replies_200_only_when_complete(srv):
     srv.rotate_errors = ["writer 2 (pid 42): acc_130.log: Permission denied"]
     assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name) == \
         b"500 Rotation incomplete\nwriter 2 (pid 42): acc_130.log: Permission denied\n\n"
+    srv.rotate_errors = "raise"         # a command that blows up: Kamailio's "failed" line
+    assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name) == b"500 command 'flat_rotate' failed\n"
+    assert srv.logged("command 'flat_rotate' failed")
     # no reply FIFO: not run (as in Kamailio)
     write_request(srv.path, b":flat_rotate:%s_none\n\n" % TAG.encode(), 2)
     wait_until(lambda: srv.logged("open error (/tmp/%s_none)" % TAG), timeout=2)
-    assert srv.rotations == 2
+    assert srv.rotations == 3
 
 
 def test_statistics_commands(srv):
@@ -445,6 +465,14 @@ def test_kamflat_fifo_prints_like_kamctl_and_exits_by_status(srv):
     assert (done.returncode, done.stdout) == (1, "500 command 'nosuchcmd' not available\n")
     done = run_kamflat("fifo", "--fifo", srv.path, "shv_get", "nosuch")
     assert (done.returncode, done.stdout) == (1, "404 Not found\n")
+
+
+def test_kamflat_fifo_usage_errors_exit_1():
+    done = run_kamflat("fifo")
+    assert done.returncode == 1 and "CMD" in done.stderr
+    done = run_kamflat("fifo", "--fifo", "/nonexistent", "shv_set", "sv", "s", "two\nlines")
+    assert done.returncode == 1 and "argument 3 contains a newline" in done.stderr
+    assert "fifo" in run_kamflat("--help").stdout
 
 
 def test_kamflat_fifo_server_missing(tmp_path):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import DATA
 from kamflat.mi import (
     NEED_DATA, Arg, MIParser, Node, ParseError, ProtocolDrop, Request, UnknownCommand,
-    check_reply_name, command_not_available, encode_reply, encode_request, parse_error_reply,
+    check_reply_name, command_failed, command_not_available, encode_reply, encode_request, parse_error_reply,
 )
 
 COMMANDS = ("uptime version pwd arg which kill ps debug get_statistics reset_statistics "
@@ -215,6 +215,7 @@ def test_reply_indent_per_depth():
 
 def test_mi_fifo_one_line_errors():
     assert command_not_available("which ") == b"500 command 'which ' not available\n"
+    assert command_failed("ps") == b"500 command 'ps' failed\n"
     assert parse_error_reply("shv_set") == b"400 parse error in command 'shv_set'\n"
 
 
