@@ -242,7 +242,7 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
 
     def encode(values):
         try:
-            if values.__class__ is str:
+            if isinstance(values, (str, bytes, bytearray)):
                 raise TypeError  # one value, not a record: the general path says so
             line = joiners[len(values)](values)  # an iterator has no len(): general path
         except (KeyError, TypeError, ValueError):
