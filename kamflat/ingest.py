@@ -37,6 +37,7 @@ class Sender:
         self.next_line = 1
         self.skipping = False     # inside a line that was too long, until its newline
         self.eof = False
+        self.cut_off = False      # the server stopped reading it before its end
         self.outstanding = 0      # chunks handed to writers and not yet reported
         self.written = 0
         self.errors = 0
@@ -164,7 +165,7 @@ class Ingest:
         if sender.eof and not sender.outstanding and not sender.inbuf and not sender.skipping:
             if not sender.done_sent:
                 sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
-                                                        sender.errors)
+                                                        sender.errors, stopping=sender.cut_off)
                 sender.done_sent = True
             self.flush_output(sender)
 
@@ -275,17 +276,20 @@ class Ingest:
                     self.dispatch()
                     if self.queue:
                         self.step(0.05)
-            sender.eof = True
+            if not sender.eof:
+                # Lines after these are not taken: the sender learns where to resume.
+                sender.cut_off = sender.eof = True
+                sender.inbuf = b""
+                sender.skipping = False
+                self.maybe_done(sender)
         deadline = time.monotonic() + STOP_GRACE
         while (self.queue or any(s.outstanding for s in self.senders.values())) \
                 and time.monotonic() < deadline:
             self.step(0.05)
         for sender in list(self.senders.values()):
-            if not sender.done_sent:
-                # Lines after these were not taken: the sender knows where to resume.
-                sender.outbuf += (json.dumps({
-                    "stopping": True, "lines": sender.lines_taken(),
-                    "written": sender.written, "errors": sender.errors}).encode() + b"\n")
+            if not sender.done_sent:    # writers did not report in time
+                sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
+                                                        sender.errors, stopping=True)
                 sender.done_sent = True
             sender.sock.setblocking(True)
             sender.sock.settimeout(1.0)

@@ -127,9 +127,12 @@ def encode_error(line_no, message):
     return json.dumps({"line": line_no, "error": message}).encode() + b"\n"
 
 
-def encode_done(lines, written, errors):
-    return json.dumps({"done": True, "lines": lines, "written": written,
-                       "errors": errors}).encode() + b"\n"
+def encode_done(lines, written, errors, stopping=False):
+    """The last answer: `done`, or `stopping` when the server stopped before the
+    sender finished (then `lines` says how many lines were taken)."""
+    answer = {"stopping": True} if stopping else {"done": True}
+    answer.update(lines=lines, written=written, errors=errors)
+    return json.dumps(answer).encode() + b"\n"
 
 
 def split_lines(buffer):

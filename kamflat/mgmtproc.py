@@ -26,10 +26,11 @@ def build_servers(cfg, management):
             reply_dir=cfg.param("mi_fifo", "reply_dir"),
             reply_indent=cfg.param("mi_fifo", "reply_indent"),
             modules=cfg.modules, management=management))
-    if cfg.has_module("jsonrpcs") and cfg.param("jsonrpcs", "fifo_name"):
+    transport = cfg.param("jsonrpcs", "transport") if cfg.has_module("jsonrpcs") else None
+    if transport is not None and (transport == 0 or transport & 2):   # 2: the FIFO transport
         from kamflat.jsonrpc_fifo import JsonRpcFifoServer
         servers.append(JsonRpcFifoServer(
-            cfg.param("jsonrpcs", "fifo_name"),
+            cfg.runtime_path(cfg.param("jsonrpcs", "fifo_name")),
             fifo_mode=cfg.param("jsonrpcs", "fifo_mode"),
             fifo_user=cfg.param("jsonrpcs", "fifo_user"),
             fifo_group=cfg.param("jsonrpcs", "fifo_group"),
@@ -37,7 +38,7 @@ def build_servers(cfg, management):
             management=management))
     if cfg.has_module("ctl"):
         from kamflat.ctl import CtlServer
-        for address in cfg.param_values("ctl", "binrpc") or [cfg.param("ctl", "binrpc")]:
+        for address in cfg.param_values("ctl", "binrpc"):
             servers.append(CtlServer(address, management=management))
     return servers
 

@@ -162,14 +162,19 @@ class Writer:
             data, addr = sock.recvfrom(65535)
         except BlockingIOError:
             return
-        reply, records = self.sip.handle(data, addr)
-        if reply:
+        outcome = self.sip.handle(data, addr)   # never raises for bad input
+        if outcome.reply:
             try:
-                sock.sendto(reply, addr)
+                sock.sendto(outcome.reply, outcome.reply_to or addr)
             except OSError as exc:
                 log.warning("writer %d: could not send SIP reply to %s: %s", self.rank, addr, exc)
-        if records:
-            self.pending.append(collections.deque(records))
+        if outcome.reason:
+            log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1], outcome.reason)
+        for name, n in self.sip.take_counters().items():
+            group, _, stat = name.partition(":")
+            self.state.add(group, stat, n)
+        if outcome.records:
+            self.pending.append(collections.deque(outcome.records))
 
     def on_control(self):
         try:
