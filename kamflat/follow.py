@@ -54,12 +54,13 @@ class Follower:
 
     mode: "auto" (inotify if pyinotify works, else polling), "inotify" or "poll".
     from_end: start at the current end of the live files (like `tail -n0 -F`) instead of
-    their start. on_notice(msg): called with one-line notes (fallback to polling, truncated
-    files, torn last lines); defaults to ignoring them.
+    their start. rotated: also read the uncompressed rotated files that exist at the start
+    (else they are history and skipped). on_notice(msg): called with one-line notes (fallback
+    to polling, truncated files, torn last lines); defaults to ignoring them.
     """
 
     def __init__(self, directory, table, mode="auto", from_end=False, poll_interval=0.1,
-                 retire_after=30.0, on_notice=None):
+                 retire_after=30.0, on_notice=None, rotated=False):
         if mode not in ("auto", "inotify", "poll"):
             raise ValueError("mode must be auto, inotify or poll, not %r" % mode)
         if not os.path.isdir(directory):
@@ -78,14 +79,18 @@ class Follower:
         if mode == "inotify" and self.mode != "inotify":
             self.close()
             raise RuntimeError("inotify mode requested but unavailable (see notices)")
-        self._start(from_end)
+        self._start(from_end, rotated)
 
     # -- setup -----------------------------------------------------------------------------
 
-    def _start(self, from_end):
+    def _start(self, from_end, rotated):
         for name, key, st in self._scan():
-            if match_table_file(name, self.table, True, self._pattern).rotated:
-                self._history.add(key)
+            table_file = match_table_file(name, self.table, True, self._pattern)
+            if table_file.rotated:
+                if rotated and not table_file.compression:
+                    self._open(name, key)
+                else:
+                    self._history.add(key)
             elif key not in self._tracked:
                 tracked = self._open(name, key)
                 if tracked and from_end:

@@ -1,8 +1,8 @@
 """`kamflat cat` and `kamflat follow`: a table's records, merged across per-process files.
 
     kamflat cat [-f FILE | --dir DIR] [--rotated] [--json] [--keys K1,K2...] [--decode] TABLE
-    kamflat follow [-f FILE | --dir DIR] [--json] [--keys ...] [--decode] [--new] [--poll]
-                   [--timeout S] [--count N] TABLE
+    kamflat follow [-f FILE | --dir DIR] [--json] [--keys ...] [--decode] [--new] [--rotated]
+                   [--poll] [--timeout S] [--count N] TABLE
 
 Plain output is each record exactly as on disk, one per line. --json prints one object per
 record: {"table", "file", "values": [...]} plus "record": {column: value} when the columns
@@ -113,6 +113,8 @@ def run(command, argv):
         parser.add_argument("--rotated", action="store_true",
                             help="also rotated files (acc_129.log.1, -20260101, .gz/.bz2/.xz)")
     else:
+        parser.add_argument("--rotated", action="store_true",
+                            help="also the uncompressed rotated files there now (else skipped)")
         parser.add_argument("--new", action="store_true",
                             help="only records written from now on (like tail -n0)")
         parser.add_argument("--poll", action="store_true",
@@ -154,7 +156,7 @@ def follow(args, source, printer):
         print("kamflat follow: %s" % message, file=sys.stderr, flush=True)
     mode = "poll" if args.poll else "auto"
     with Follower(source.directory, source.table, mode=mode, from_end=args.new,
-                  on_notice=notice) as follower:
+                  rotated=args.rotated, on_notice=notice) as follower:
         seen = 0
         for record in follower.records(timeout=args.timeout):
             printer.write(record.raw, record.file)
