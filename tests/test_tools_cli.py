@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import DATA, kamflat_argv, kamflat_env, run_kamflat, wait_until
+from conftest import DATA, REPO, kamflat_argv, kamflat_env, run_kamflat, wait_until
 
 KAMAILIO_FILES = DATA / "reader"   # acc files Kamailio 5.6.3 wrote (db_extra: 3 columns)
 
@@ -230,3 +230,16 @@ def test_follow_and_cat_with_config_across_ten_rotations_under_load(server):
                                          "sip_reason", "time", "src_user", "src_domain", "dst_ouser"}
     times = [int(o["record"]["time"]) for o in objects]
     assert times == sorted(times)
+
+
+def test_systemd_unit_runs_serve_in_the_foreground_and_verifies_clean():
+    unit = REPO / "conf" / "kamflat.service"
+    lines = unit.read_text().splitlines()
+    assert "Type=simple" in lines and "KillSignal=SIGTERM" in lines
+    assert "ExecStart=/usr/bin/env kamflat serve -f /etc/kamflat/kamflat.cfg" in lines
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    # verify exits 0 even on bad settings, but names each one on stderr
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
