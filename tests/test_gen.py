@@ -1,12 +1,15 @@
 """kamflat gen: deterministic, paired, rate-limited record generation, and the CLI end to end."""
 import json
+import os
+import pty
+import subprocess
 import time
 from collections import Counter
 
 import pytest
 
 from kamflat.gen import EDGE_CASES, FAILURES, CallGenerator, TokenBucket
-from conftest import run_kamflat
+from conftest import kamflat_argv, kamflat_env, run_kamflat
 
 FAILURE_CODES = {code for code, _reason, _weight in FAILURES}
 
@@ -146,3 +149,28 @@ def test_cli_errors_are_one_clear_line(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_progress_line_on_a_terminal_only(tmp_path):
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(kamflat_argv("gen", "--output", tmp_path / "out.jsonl", "--seconds",
+                                             "1.2", "--rate", "2000"),
+                                env=kamflat_env(), stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:       # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            err += chunk
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+    text = err.decode()
+    assert text.count("\rkamflat gen: sent ") >= 2           # updated while it runs
+    assert "records/s  errors 0" in text
+    assert text.rstrip().splitlines()[-1].startswith("kamflat gen: ")   # then the summary
