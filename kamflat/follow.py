@@ -195,12 +195,19 @@ class Follower:
         while True:
             chunk = os.pread(tracked.fd, READ_CHUNK, tracked.offset)
             if not chunk:
-                return grew
+                break
             grew = True
             tracked.offset += len(chunk)
             tracked.splitter.feed(chunk)
-            out.extend(FollowedRecord(raw, tracked.name, tracked.inode)
-                       for raw in tracked.splitter.records())
+            # a last record ending in CR may go on with a folded header's next line: wait
+            self._emit(tracked, tracked.splitter.records(hold_cr=True), out)
+        if not grew:  # nothing came after it since the last look: it was complete
+            self._emit(tracked, tracked.splitter.records(), out)
+        return grew
+
+    @staticmethod
+    def _emit(tracked, raws, out):
+        out.extend(FollowedRecord(raw, tracked.name, tracked.inode) for raw in raws)
 
     def _finished(self, tracked, now):
         if os.fstat(tracked.fd).st_nlink == 0:

@@ -35,9 +35,9 @@ class RecordSplitter:
 
     feed(data) buffers; records() returns the complete records so far (without their `\\n`).
     A line ending in `\\r` followed by a line starting with a space or TAB is one record cut
-    by a folded SIP header, and the two lines are joined back with `\\n`. A `\\r` line at the
-    very end of the data fed so far is taken as complete: a writer with flush=1 writes a
-    whole record at a time, so its continuation would have come with it.
+    by a folded SIP header, and the two lines are joined back with `\\n`. Whether a `\\r` line
+    at the very end of the data so far has such a continuation is not known yet:
+    records(hold_cr=True) keeps it back, records() hands it out as complete.
     """
 
     def __init__(self):
@@ -48,20 +48,26 @@ class RecordSplitter:
 
     @property
     def pending(self):
-        """Bytes of an incomplete last line (waiting for its `\\n`)."""
+        """Bytes not handed out yet: an incomplete last line (waiting for its `\\n`), after a
+        CR line held back for its continuation if there is one."""
         return self._buffer
 
-    def records(self):
+    def records(self, hold_cr=False):
         end = self._buffer.rfind(b"\n")
         if end < 0:
             return []
-        complete, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+        complete, rest = self._buffer[:end], self._buffer[end + 1:]
         out = []
         for line in complete.split(b"\n"):
             if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
                 out[-1] += b"\n" + line
             else:
                 out.append(line)
+        # a CR line whose next line has begun with SP/TAB goes on there; with hold_cr, also
+        # one with nothing after it yet
+        if out[-1].endswith(b"\r") and (rest[:1] in (b" ", b"\t") or (hold_cr and not rest)):
+            rest = out.pop() + b"\n" + rest
+        self._buffer = rest
         return out
 
 
@@ -207,8 +213,10 @@ def read_table_file(directory, table_file):
             splitter = RecordSplitter()
             for chunk in iter(lambda: stream.read(65536), b""):
                 splitter.feed(chunk)
-                for raw in splitter.records():
+                for raw in splitter.records(hold_cr=True):
                     yield TableRecord(raw, table_file.name)
+            for raw in splitter.records():
+                yield TableRecord(raw, table_file.name)
             if splitter.pending:  # a torn last line (Kamailio flush=0 killed): still shown
                 yield TableRecord(splitter.pending, table_file.name)
     except FileNotFoundError:

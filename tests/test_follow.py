@@ -177,6 +177,16 @@ def test_partial_line_waits_for_its_end(tmp_path):
         assert raws(follower.poll()) == [b"b|2"]
 
 
+def test_record_ending_in_cr_waits_one_look_for_a_folded_continuation(tmp_path):
+    path = tmp_path / "acc_129.log"
+    append(path, b"a|ua foo\r\n")
+    with Follower(str(tmp_path), "acc", mode="poll") as follower:
+        assert follower.poll() == []                     # a folded header may go on
+        append(path, b" bar|x\nb|ua\r\n")
+        assert raws(follower.poll()) == [b"a|ua foo\r\n bar|x"]
+        assert raws(follower.poll()) == [b"b|ua\r"]      # nothing came after it: complete
+
+
 def test_from_end_skips_what_exists_but_finishes_a_record_being_written(tmp_path):
     append(tmp_path / "acc_129.log", b"old|1\nnew|")
     append(tmp_path / "acc_130.log", b"old|2\n")

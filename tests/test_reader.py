@@ -33,15 +33,25 @@ def test_record_splitter(data, records, pending):
     assert splitter.pending == pending
 
 
-def test_record_splitter_byte_by_byte_matches_whole_feed():
+def test_record_splitter_fed_byte_by_byte_holding_cr_lines_matches_whole_feed():
     data = b"".join(case[0] for case in SPLIT_CASES if case[0].endswith(b"\n"))
     splitter, got = reader.RecordSplitter(), []
     for i in range(len(data)):
         splitter.feed(data[i:i + 1])
-        got.extend(splitter.records())
-    # fed byte by byte a `\r` line may be cut before its continuation arrives; that is the
-    # documented limit, so compare with the no-fold split
-    assert b"\n".join(got) == data.rstrip(b"\n")
+        got.extend(splitter.records(hold_cr=True))
+    got.extend(splitter.records())
+    assert got == reader.split_records(data)
+    assert b"BYE|x||foo\r\n bar%7Cbaz|plain" in got
+
+
+def test_hold_cr_keeps_back_only_a_last_cr_line():
+    splitter = reader.RecordSplitter()
+    splitter.feed(b"a|1\nb|foo\r\n")
+    assert splitter.records(hold_cr=True) == [b"a|1"]
+    splitter.feed(b" bar|2\nc\r\n")
+    assert splitter.records(hold_cr=True) == [b"b|foo\r\n bar|2"]
+    assert splitter.records() == [b"c\r"]
+    assert splitter.pending == b""
 
 
 PARSE_CASES = [
@@ -172,6 +182,13 @@ def test_rotated_files_plain_and_compressed_are_read_only_when_asked(tmp_path):
     got = [(r.raw, r.file) for r in reader.read_table(tmp_path, "acc", rotated=True)]
     assert got == [(b"gz|1", "acc_129.log.2.gz"), (b"gz|2", "acc_129.log.2.gz"),
                    (b"plain|1", "acc_129.log.1"), (b"live|1", "acc_129.log")]
+
+
+def test_folded_record_across_a_read_chunk_boundary_stays_whole(tmp_path):
+    first = b"INVITE|" + b"x" * (65536 - len(b"INVITE|") - 2) + b"\r\n"   # ends the 1st chunk
+    (tmp_path / "acc_129.log").write_bytes(first + b" folded|1\nnext|2\n")
+    assert [r.raw for r in reader.read_table(tmp_path, "acc")] == [
+        first[:-1] + b"\n folded|1", b"next|2"]
 
 
 def test_torn_last_line_is_still_returned(tmp_path):
