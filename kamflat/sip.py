@@ -93,7 +93,8 @@ class Request:
 _LWS = " \t"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
 _VERSION = "SIP/2.0"
-_CSEQ_RE = re.compile(r"([0-9]+)[ \t\r\n]+([A-Za-z0-9.!%*_+`'~-]+)\Z")
+# Kamailio's parse_cseq(): two white-space separated tokens, the number not checked.
+_CSEQ_RE = re.compile(r"([^ \t\r\n]+)[ \t]+([^ \t\r\n]+)\Z")
 _VIA_RE = re.compile(
     r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t\r\n]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*")
@@ -268,7 +269,7 @@ def _insert_after_value(h, text):
 
 def _via1_for_reply(h, via, source):
     if source is None:
-        return _with_crlf(h.raw)
+        source = (via.host, via.port)
     ip, port = source[0], source[1]
     value = h.value[:via.end]
     rest = h.value[via.end:]
@@ -279,4 +280,5 @@ def _via1_for_reply(h, via, source):
         value = value.rstrip(" \t\r\n") + ";received=" + (
             "[%s]" % ip if ":" in ip else ip)
     vstart = _value_start(h)
-    return _with_crlf(h.raw[:vstart] + value + rest + h.raw[vstart + len(h.value):])
+    # Kamailio rebuilds the top Via with a CR LF line end even when the request used LF
+    return h.raw[:vstart] + value + rest + "\r\n"

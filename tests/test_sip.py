@@ -58,7 +58,7 @@ def test_lf_only_line_ends_are_accepted():
 
 
 @pytest.mark.parametrize("header", [
-    "CSeq: one INVITE", "To: <sip:b@example.org", "Via: HTTP/1.1 example.org",
+    "CSeq: 1", "CSeq: 1 INVITE x", "To: <sip:b@example.org", "Via: HTTP/1.1 example.org",
     "Content-Length: ten"])
 def test_bad_parsed_headers_drop_the_request(header):
     with pytest.raises(SipError) as e:
