@@ -56,12 +56,21 @@ def parse_db_extra(text):
     return pairs
 
 
-def _uri_part(uri, part):
-    try:
-        parsed = parse_uri(uri)
-    except AddrError:
-        return None
-    return getattr(parsed, part) or None
+def _uri_part(request, which, part):
+    """user/host of the From, To or Request URI; parsed once per request."""
+    cache = request.cache
+    if which not in cache:
+        if which == "from":
+            addr = _from(request)
+            uri = addr.uri if addr else None
+        else:
+            uri = request.to.uri if which == "to" else request.uri
+        try:
+            cache[which] = parse_uri(uri) if uri is not None else None
+        except AddrError:
+            cache[which] = None
+    parsed = cache[which]
+    return (getattr(parsed, part) or None) if parsed else None
 
 
 def _from(request):
@@ -77,16 +86,16 @@ def _header(request, key):
 
 
 _EVALUATORS = {
-    "$fU": lambda r, s: _uri_part(_from(r).uri, "user") if _from(r) else None,
-    "$fd": lambda r, s: _uri_part(_from(r).uri, "host") if _from(r) else None,
+    "$fU": lambda r, s: _uri_part(r, "from", "user"),
+    "$fd": lambda r, s: _uri_part(r, "from", "host"),
     "$fn": lambda r, s: (_from(r).display or None) if _from(r) else None,
     "$fu": lambda r, s: _from(r).uri if _from(r) else None,
-    "$tU": lambda r, s: _uri_part(r.to.uri, "user"),
-    "$td": lambda r, s: _uri_part(r.to.uri, "host"),
+    "$tU": lambda r, s: _uri_part(r, "to", "user"),
+    "$td": lambda r, s: _uri_part(r, "to", "host"),
     "$tu": lambda r, s: r.to.uri,
     "$ru": lambda r, s: r.uri,
-    "$rU": lambda r, s: _uri_part(r.uri, "user"),
-    "$rd": lambda r, s: _uri_part(r.uri, "host"),
+    "$rU": lambda r, s: _uri_part(r, "ruri", "user"),
+    "$rd": lambda r, s: _uri_part(r, "ruri", "host"),
     "$ci": lambda r, s: r.call_id,
     "$cs": lambda r, s: r.cseq_num,
     "$ua": lambda r, s: _header(r, "user-agent"),

@@ -70,6 +70,7 @@ class Request:
     cseq_method: str
     via1: Via
     _from: object = field(default=None)
+    cache: dict = field(default_factory=dict)   # per-request memo (parsed URIs, ...)
 
     def header(self, key):
         """The first header whose key (see header_key) is `key`, else None."""
@@ -123,35 +124,43 @@ def parse_request(data):
 
 
 def _split_headers(text, pos):
+    # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
+    if pos < len(text) and text[pos] in "\r\n":
+        return []
+    ends = [i for i in (text.find("\n\r\n", pos), text.find("\n\n", pos)) if i >= 0]
+    block = text[pos:min(ends) + 1] if ends else text[pos:]
+    lines = block.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+        last_nl = "\n"
+    else:
+        last_nl = ""                             # datagram cut inside a header
+    raws = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and raws:
+            raws[-1] += "\n" + line              # folded continuation line
+        else:
+            raws.append(line)
     headers = []
-    n = len(text)
-    while pos < n:
-        if text[pos] in "\r\n":
-            break                            # empty line: end of headers
-        eol = text.find("\n", pos)
-        while eol >= 0 and eol + 1 < n and text[eol + 1] in _LWS:
-            eol = text.find("\n", eol + 1)   # folded continuation line
-        line_end = n if eol < 0 else eol + 1
-        raw = text[pos:line_end]
+    for index, raw in enumerate(raws):
+        raw += "\n" if index < len(raws) - 1 else last_nl
         colon = raw.find(":")
         name = raw[:colon].rstrip(_LWS) if colon > 0 else ""
         if not name or not _TOKEN_RE.match(name):
             raise SipError("bad_header", "bad header line %r" % raw[:40])
-        value = raw[colon + 1:]
-        i = 0
-        while True:                          # leading LWS, folds included
-            while i < len(value) and value[i] in _LWS:
-                i += 1
-            if value.startswith("\r\n", i) and value[i + 2:i + 3] in (" ", "\t"):
-                i += 2
-            elif value.startswith("\n", i) and value[i + 1:i + 2] in (" ", "\t"):
-                i += 1
-            else:
-                break
-        value = value[i:].rstrip(" \t\r\n")
-        headers.append(Header(name, header_key(name), value, raw))
-        pos = line_end
+        value = raw[colon + 1:].lstrip(_LWS)
+        while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
+            value = value.lstrip("\r\n").lstrip(_LWS)   # a fold before the value
+        value = value.rstrip(" \t\r\n")
+        key = _KEYS.get(name)
+        if key is None:
+            key = _KEYS.setdefault(name, header_key(name)) if len(_KEYS) < 1000 \
+                else header_key(name)
+        headers.append(Header(name, key, value, raw))
     return headers
+
+
+_KEYS = {}     # header name as written -> header_key(name), a bounded memo
 
 
 def _build(method, uri, headers):
@@ -219,12 +228,17 @@ def to_tag_for(request, secret="kamflat"):
 
     The suffix depends on Call-ID, From tag and top branch, so a retransmission gets
     the same tag (sl computes it the same way)."""
-    head = "%08x" % zlib.crc32(secret.encode("utf-8", "surrogateescape"))
+    head = _TAG_HEADS.get(secret)
+    if head is None:
+        head = _TAG_HEADS.setdefault(secret, "%08x" % zlib.crc32(secret.encode()) * 4)
     branch = request.via1.params.get("branch") or ""
     h = request.header("from")
     seed = "%s|%s|%s" % (request.call_id, h.value if h else "", branch)
     suffix = zlib.crc32(seed.encode("utf-8", "surrogateescape"))
-    return head * 4 + ".%08x" % suffix
+    return head + ".%08x" % suffix
+
+
+_TAG_HEADS = {}
 
 
 def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat"):

@@ -8,6 +8,7 @@ their quirks (a backslash anywhere in the To/From parameters is an error; the ho
 a URI must be ASCII letters, digits, '.' and '-'). Only what acc needs is kept: the
 display name, the URI and the tag of a name-addr; user, host and port of a URI.
 """
+import re
 from dataclasses import dataclass
 
 
@@ -44,11 +45,37 @@ def _bad(c, status, buf, i):
     return AddrError("unexpected char %r in state %d at offset %d of %r" % (c, status, i, buf))
 
 
+# Fast paths: the shapes nearly all traffic has, matched by a regex whose every
+# accepted input the state machines below accept with the same result (checked by a
+# property test in tests/test_sip.py). Anything else takes the state machine.
+_NAME_ADDR_FAST = re.compile(
+    r'(?:("[^"\\\r\n\0]*")[ \t]*|([^"\\<>;\r\n\0]*?)[ \t]*)'    # display name
+    r'<([^ \t\r\n\\<>"\0;][^ \t\r\n\\<>"\0]*)>[ \t]*'                   # <uri>
+    r'((?:;[^;=,"\\ \t\r\n\0]+(?:=[^;=,"\\ \t\r\n\0]*)?)*)\Z')    # ;params
+_URI_FAST = re.compile(
+    r'(sips?):([^@:;?\[\]]+)@([A-Za-z0-9][A-Za-z0-9.-]*)(?::([0-9]{1,5}))?'
+    r'(?:;[^@?]*)?\Z', re.I)
+
+
 def parse_name_addr(value):
     """Parse a From/To header body the way Kamailio's parse_to() does.
 
     `value` is the header body (folding kept); returns NameAddr or raises AddrError.
     """
+    m = _NAME_ADDR_FAST.match(value)
+    if m is None:
+        return _parse_name_addr_slow(value)
+    quoted, token, uri, params = m.groups()
+    tag = ""
+    if params:
+        for param in params[1:].split(";"):
+            name, _, pvalue = param.partition("=")
+            if name.lower() == "tag":
+                tag = pvalue
+    return NameAddr(quoted or token or "", uri, tag)
+
+
+def _parse_name_addr_slow(value):
     buf = value + "\r\n"          # the parser sees the line end that follows the body
     end = len(buf)
     status = saved = START_TO
@@ -337,9 +364,15 @@ _SCHEMES = {"sip:": "sip", "sips": "sips", "tel:": "tel", "urn:": "urn"}
 
 
 def parse_uri(uri):
-    """Split a SIP/SIPS/TEL/URN URI as Kamailio's parse_uri() does, or raise AddrError.
+    """Split a SIP/SIPS/TEL/URN URI as Kamailio's parse_uri() does, or raise AddrError."""
+    m = _URI_FAST.match(uri)
+    if m is None:
+        return _parse_uri_slow(uri)
+    return Uri(m.group(1).lower(), m.group(2), m.group(3), m.group(4) or "")
 
-    All URI parameters are one state here: Kamailio's per-parameter states only record
+
+def _parse_uri_slow(uri):
+    """parse_uri() state machine. All URI parameters are one state here: Kamailio's per-parameter states only record
     transport/lr/... and share the same transitions for '@', ';', '?' and ':'.
     """
     def fail(why):

@@ -90,7 +90,7 @@ def traffic():
             for name, data in sent] + EDGE
 
 
-def exchange(s, port, items, no_reply_wait=0.4):
+def exchange(s, port, items, no_reply_wait=0.2):
     """Send each datagram from the client socket `s` (the same one for both servers, so
     $sp and the Via agree); collect {name: reply or None}."""
     replies = {}

@@ -4,7 +4,7 @@ import socket
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kamflat import pvar
+from kamflat import pvar, sipaddr
 from kamflat.acc import AccHandler
 from kamflat.sip import SipError, build_reply, parse_request, reply_destination
 from kamflat.sipaddr import AddrError, parse_name_addr, parse_uri
@@ -113,6 +113,29 @@ def test_uri(uri, user, host, port):
 def test_uri_rejected_like_kamailio(uri):
     with pytest.raises(AddrError):
         parse_uri(uri)
+
+
+_ADDR_CHARS = st.sampled_from(list('<>";:=\\ \t,@tagTAG|x1.-[]')
+                              + ["\r\n ", "sip:", "\u00fc", ";tag=", "<s"])
+
+
+def _outcome(fn, value):
+    try:
+        return fn(value)
+    except AddrError:
+        return "error"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_ADDR_CHARS, max_size=25).map("".join),
+       st.sampled_from(["", '"D" ', "D x ", "<sip:u@h>", "<sip:a@b.c:5>;tag=", "sip:u@h",
+                        "<", '"x"<', "A <sip:"]))
+def test_fast_paths_agree_with_kamailio_state_machines(tail, head):
+    value = (head + tail).strip(" \t\r\n")
+    assert _outcome(sipaddr.parse_name_addr, value) == \
+        _outcome(sipaddr._parse_name_addr_slow, value)
+    uri = "sip:" + tail
+    assert _outcome(sipaddr.parse_uri, uri) == _outcome(sipaddr._parse_uri_slow, uri)
 
 
 # --- pseudo-variables -------------------------------------------------------------
