@@ -3,7 +3,8 @@
 Pure: `AccHandler.handle(datagram, source)` takes the bytes of one UDP datagram and the
 sender's address and returns an Outcome: the reply bytes (None for ACK and for
 datagrams that are dropped), where to send them, the records to write as
-[(table, values)], and a reason string when something was dropped or not accounted.
+[(table, values)], and a reason string when something was dropped or not accounted
+(`reply, records = handler.handle(data, addr)` works; see Outcome).
 It never raises for anything a client can send.
 
 With no kamflat params the records equal what this Kamailio 5.6 route writes:
@@ -26,7 +27,6 @@ kamflat's own params (modparam("kamflat", ...)):
 - sip_server_header "kamflat (VERSION)": the Server header of replies ("" for none).
 """
 import time
-from typing import NamedTuple
 
 from kamflat import pvar
 from kamflat.sip import SipError, build_reply, parse_request, reply_destination, to_tag_for
@@ -38,11 +38,24 @@ SERVER_HEADER = "kamflat (0.1.0)"
 _SL_CODES = {200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
 
 
-class Outcome(NamedTuple):
-    reply: bytes | None         # bytes to send, None for ACK and dropped datagrams
-    reply_to: tuple | None      # (ip, port[, ...]) to send them to
-    records: list               # [(table, values)] for kamflat.record.encode_record
-    reason: str | None          # why the datagram was dropped or not accounted
+class Outcome(tuple):
+    """What handle() decided. Unpacks as the pair `reply, records`:
+
+    reply     bytes to send, None for ACK and dropped datagrams
+    records   [(table, values)] for kamflat.record.encode_record, in order
+    reply_to  (ip, port[, ...]) to send the reply to (the source address, with the Via's
+              port unless the Via has rport, as Kamailio's sl does)
+    reason    why the datagram was dropped or not accounted (for the log), else None
+    """
+
+    def __new__(cls, reply, records, reply_to=None, reason=None):
+        self = tuple.__new__(cls, (reply, records))
+        self.reply_to = reply_to
+        self.reason = reason
+        return self
+
+    reply = property(lambda self: self[0])
+    records = property(lambda self: self[1])
 
 
 class ParamError(ValueError):
@@ -137,7 +150,7 @@ class AccHandler:
 
     def handle(self, datagram, source):
         """One datagram from `source` (ip, port[, ...]) -> Outcome. Never raises for
-        bad input: a malformed datagram gives Outcome(None, None, [], reason)."""
+        bad input: a malformed datagram gives Outcome(None, [], None, reason)."""
         try:
             request = parse_request(datagram)
         except SipError as e:
@@ -148,7 +161,7 @@ class AccHandler:
                             else "kamflat:sip_malformed")
             self._count("core:drop_requests" if e.reason != "response"
                         else "core:drop_replies")
-            return Outcome(None, None, [], "dropped (%s): %s" % (e.reason, e))
+            return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
         self._count("core:rcv_requests")
         method = request.method.upper()
         code, reason = self.reply_for(method)
@@ -161,12 +174,12 @@ class AccHandler:
             reply_to = reply_destination(request, source)
             self._count_reply(code)
         if method not in self.acc_methods:
-            return Outcome(reply, reply_to, [], None)
+            return Outcome(reply, [], reply_to)
         try:
             from_addr = request.from_addr()
         except SipError as e:
             self._count("kamflat:acc_skipped")
-            return Outcome(reply, reply_to, [], "not accounted (as Kamailio): %s" % e)
+            return Outcome(reply, [], reply_to, "not accounted (as Kamailio): %s" % e)
         values = [request.cseq_method, from_addr.tag or None, request.to.tag or None,
                   request.call_id or None, str(code), reason, int(self.clock())]
         values += [ev(request, source) for ev in self._extra_eval]
@@ -175,7 +188,7 @@ class AccHandler:
             table = self.table_missed
             self._count("kamflat:acc_missed")
         self._count("kamflat:acc_records")
-        return Outcome(reply, reply_to, [(table, values)], None)
+        return Outcome(reply, [(table, values)], reply_to)
 
     def _count_reply(self, code):
         self._count("sl:sent_replies")
@@ -183,3 +196,8 @@ class AccHandler:
             self._count("sl:sent_err_replies")
         self._count("sl:%d_replies" % code if code in _SL_CODES
                     else "sl:%dxx_replies" % (code // 100))
+
+
+def handler_from_config(config, **overrides):
+    """AccHandler.from_config(config) (the name `kamflat serve` calls)."""
+    return AccHandler.from_config(config, **overrides)
