@@ -206,3 +206,24 @@ def test_malformed_datagrams_over_udp_are_dropped_and_counted():
     counters = handler.take_counters()
     assert counters["core:rcv_requests"] == 1 and counters["core:rcv_replies"] == 1
     assert counters["kamflat:sip_malformed"] == 1
+
+
+def test_handler_from_a_kamailio_config(tmp_path):
+    config = pytest.importorskip("kamflat.config", reason="kamflat.config not merged yet")
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text('loadmodule "sl.so"\nloadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
+                   'listen=udp:127.0.0.1:5070\n'
+                   'modparam("acc", "db_url", "flatstore:%s")\n'
+                   'modparam("acc", "db_extra", "src_user=$fU;ua=$ua")\n'
+                   'modparam("acc", "db_table_missed_calls", "failed")\n'
+                   'modparam("kamflat", "acc_methods", "INVITE|MESSAGE")\n'
+                   'modparam("kamflat", "sip_reply", "202 Accepted")\n'
+                   'modparam("kamflat", "sip_reply", "INVITE=486 Busy Here")\n'
+                   'modparam("kamflat", "sip_reply", "OTHER=404 Not here")\n' % tmp_path)
+    handler = AccHandler.from_config(config.load_config(str(cfg)))
+    assert handler.keys[-2:] == ["src_user", "ua"]
+    assert handler.reply_for("INVITE") == (486, "Busy Here")
+    assert handler.reply_for("MESSAGE") == (202, "Accepted")
+    assert handler.reply_for("BYE") == (404, "Not here")
+    invite = dict((n, d) for n, d, _ in sent_requests())["sl_invite_basic"]
+    assert handler.handle(invite, ("127.0.0.1", 5)).records[0][0] == "failed"
