@@ -28,11 +28,11 @@ kamflat's own params (modparam("kamflat", ...)):
 """
 import time
 
-from kamflat import pvar
+from kamflat import __version__, pvar
 from kamflat.sip import SipError, build_reply, parse_request, reply_destination, to_tag_for
 
 CORE_COLUMNS = ["method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time"]
-SERVER_HEADER = "kamflat (0.1.0)"
+SERVER_HEADER = "kamflat (%s)" % __version__
 
 # sl module statistics that have a counter of their own; other codes count per class.
 _SL_CODES = {200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
