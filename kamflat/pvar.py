@@ -11,7 +11,7 @@ header values keep folding as sent.
 import re
 
 from kamflat.sip import SipError, header_key
-from kamflat.sipaddr import AddrError, parse_uri
+from kamflat.sipuri import AddrError, parse_uri
 
 SUPPORTED = ("$fU", "$fd", "$fn", "$fu", "$tU", "$td", "$tu", "$ru", "$rU", "$rd",
              "$ci", "$cs", "$ua", "$si", "$sp", "$rm", "$hdr(Name)")

@@ -4,10 +4,11 @@ import socket
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kamflat import pvar, sipaddr
+from kamflat import pvar, sipaddr, sipuri
 from kamflat.acc import AccHandler
 from kamflat.sip import SipError, build_reply, parse_request, reply_destination
-from kamflat.sipaddr import AddrError, parse_name_addr, parse_uri
+from kamflat.sipaddr import parse_name_addr
+from kamflat.sipuri import AddrError, parse_uri
 from kamflat.sipnet import ListenError, open_listen_sockets, parse_listen
 
 
@@ -135,7 +136,7 @@ def test_fast_paths_agree_with_kamailio_state_machines(tail, head):
     assert _outcome(sipaddr.parse_name_addr, value) == \
         _outcome(sipaddr._parse_name_addr_slow, value)
     uri = "sip:" + tail
-    assert _outcome(sipaddr.parse_uri, uri) == _outcome(sipaddr._parse_uri_slow, uri)
+    assert _outcome(sipuri.parse_uri, uri) == _outcome(sipuri._parse_uri_slow, uri)
 
 
 # --- pseudo-variables -------------------------------------------------------------
