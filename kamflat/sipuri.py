@@ -47,9 +47,9 @@ def parse_uri(uri):
 
 
 def _parse_uri_slow(uri):
-    """parse_uri() state machine. All URI parameters are one state here: Kamailio's per-parameter states only record
-    transport/lr/... and share the same transitions for '@', ';', '?' and ':'.
-    """
+    """parse_uri()'s state machine. All URI parameters are one state here: Kamailio's
+    per-parameter states only record transport/lr/... and share the same transitions
+    for '@', ';', '?' and ':'."""
     def fail(why):
         return AddrError("bad URI %r: %s" % (uri, why))
 
@@ -152,37 +152,30 @@ def _parse_uri_slow(uri):
                 s = p + 1
             elif c not in _DIGITS:
                 raise fail("bad port")
-        elif state == URI_PARAM:
-            if c == "@":
-                still_at_user(p)
-            elif c in ";?":
-                if pass_at is not None:
-                    found_user = True
-                    pass_at = None
-                if c == "?":
-                    state = URI_HEADERS
-                    s = p + 1
-            elif c == ":" and not found_user:
+        elif state in (URI_PARAM, URI_HEADERS) and c == "@":
+            still_at_user(p)
+        elif state in (URI_PARAM, URI_HEADERS) and c == ":":
+            if not found_user:          # maybe user:password, unless a second ':' comes
                 if pass_at is not None:
                     found_user = True
                     pass_at = None
                 else:
                     pass_at = p
+        elif state == URI_PARAM:
+            if c in ";?":
+                if pass_at is not None:
+                    found_user = True       # a password cannot hold ';' or '?'
+                    pass_at = None
+                if c == "?":
+                    state = URI_HEADERS
+                    s = p + 1
         elif state == URI_HEADERS:
-            if c == "@":
-                still_at_user(p)
-            elif c == ";":
+            if c == ";":
                 if found_user:
                     raise fail("bad char ';'")
                 error_headers = True
                 if pass_at is not None:
                     raise fail("bad headers")
-            elif c == ":" and not found_user:
-                if pass_at is not None:
-                    found_user = True
-                    pass_at = None
-                else:
-                    pass_at = p
             elif c == "?" and pass_at is not None:
                 found_user = True
                 pass_at = None
