@@ -123,44 +123,46 @@ def parse_request(data):
     return _build(method, uri, headers)
 
 
+# One header: name, ':', the rest of the line and any folded continuation lines.
+_HEADER_RE = re.compile(r"([^:\r\n]*):([^\n]*(?:\n[ \t][^\n]*)*)\n")
+
+
 def _split_headers(text, pos):
     # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
     if pos < len(text) and text[pos] in "\r\n":
         return []
     ends = [i for i in (text.find("\n\r\n", pos), text.find("\n\n", pos)) if i >= 0]
     block = text[pos:min(ends) + 1] if ends else text[pos:]
-    lines = block.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-        last_nl = "\n"
-    else:
-        last_nl = ""                             # datagram cut inside a header
-    raws = []
-    for line in lines:
-        if line[:1] in (" ", "\t") and raws:
-            raws[-1] += "\n" + line              # folded continuation line
-        else:
-            raws.append(line)
+    if not block.endswith("\n"):
+        block += "\n"                            # datagram cut inside a header
     headers = []
-    for index, raw in enumerate(raws):
-        raw += "\n" if index < len(raws) - 1 else last_nl
-        colon = raw.find(":")
-        name = raw[:colon].rstrip(_LWS) if colon > 0 else ""
-        if not name or not _TOKEN_RE.match(name):
-            raise SipError("bad_header", "bad header line %r" % raw[:40])
-        value = raw[colon + 1:].lstrip(_LWS)
-        while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
-            value = value.lstrip("\r\n").lstrip(_LWS)   # a fold before the value
-        value = value.rstrip(" \t\r\n")
+    at = 0
+    for m in _HEADER_RE.finditer(block):
+        if m.start() != at:
+            break                                # a line that is not a header
+        at = m.end()
+        name, value = m.groups()
         key = _KEYS.get(name)
         if key is None:
-            key = _KEYS.setdefault(name, header_key(name)) if len(_KEYS) < 1000 \
-                else header_key(name)
-        headers.append(Header(name, key, value, raw))
+            name = name.rstrip(_LWS)
+            if not name or not _TOKEN_RE.match(name):
+                break
+            key = header_key(name)
+            if len(_KEYS) < 1000:               # a bounded memo of names seen
+                _KEYS[m.group(1)] = key
+        else:
+            name = name.rstrip(_LWS)
+        value = value.lstrip(_LWS)
+        if value[:1] in ("\r", "\n"):
+            while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
+                value = value.lstrip("\r\n").lstrip(_LWS)   # a fold before the value
+        headers.append(Header(name, key, value.rstrip(" \t\r\n"), m.group(0)))
+    if at != len(block):
+        raise SipError("bad_header", "bad header line %r" % block[at:at + 40])
     return headers
 
 
-_KEYS = {}     # header name as written -> header_key(name), a bounded memo
+_KEYS = {}     # header name as written (before ':') -> header_key(name)
 
 
 def _build(method, uri, headers):
