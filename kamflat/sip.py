@@ -98,7 +98,8 @@ _VERSION = "SIP/2.0"
 _CSEQ_RE = re.compile(r"([^ \t\r\n]+)[ \t]+([^ \t\r\n]+)\Z")
 _VIA_RE = re.compile(
     r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t\r\n]+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*")
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
+    r"((?:;[^;, \t\r\n]*[ \t\r\n]*)*)")                      # ;params
 
 
 def parse_request(data):
@@ -123,8 +124,9 @@ def parse_request(data):
     return _build(method, uri, headers)
 
 
-# One header: name, ':', the rest of the line and any folded continuation lines.
-_HEADER_RE = re.compile(r"([^:\r\n]*):([^\n]*(?:\n[ \t][^\n]*)*)\n")
+# One header: its whole text, the name as written, and the value after ':' and blanks,
+# continuation lines included.
+_HEADER_RE = re.compile(r"(([^:\r\n]*):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)\n)")
 
 
 def _split_headers(text, pos):
@@ -135,31 +137,37 @@ def _split_headers(text, pos):
     block = text[pos:min(ends) + 1] if ends else text[pos:]
     if not block.endswith("\n"):
         block += "\n"                            # datagram cut inside a header
+    found = _HEADER_RE.findall(block)
+    if sum(len(raw) for raw, _, _ in found) != len(block):
+        raise SipError("bad_header", "a header line without a name and ':' in %r"
+                       % block[:60])
+    keys = _KEYS
     headers = []
-    at = 0
-    for m in _HEADER_RE.finditer(block):
-        if m.start() != at:
-            break                                # a line that is not a header
-        at = m.end()
-        name, value = m.groups()
-        key = _KEYS.get(name)
+    for raw, name, value in found:
+        key = keys.get(name)
         if key is None:
-            name = name.rstrip(_LWS)
-            if not name or not _TOKEN_RE.match(name):
-                break
-            key = header_key(name)
-            if len(_KEYS) < 1000:               # a bounded memo of names seen
-                _KEYS[m.group(1)] = key
-        else:
-            name = name.rstrip(_LWS)
-        value = value.lstrip(_LWS)
+            key = _new_key(name)
         if value[:1] in ("\r", "\n"):
-            while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
-                value = value.lstrip("\r\n").lstrip(_LWS)   # a fold before the value
-        headers.append(Header(name, key, value.rstrip(" \t\r\n"), m.group(0)))
-    if at != len(block):
-        raise SipError("bad_header", "bad header line %r" % block[at:at + 40])
+            value = _skip_leading_folds(value)
+        headers.append(Header(name.rstrip(_LWS), key, value.rstrip(" \t\r\n"), raw))
     return headers
+
+
+def _new_key(name):
+    """header_key() of a header name not seen before; SipError if it is no token."""
+    stripped = name.rstrip(_LWS)
+    if not stripped or not _TOKEN_RE.match(stripped):
+        raise SipError("bad_header", "bad header name %r" % name[:40])
+    key = header_key(stripped)
+    if len(_KEYS) < 1000:                       # a bounded memo of the names seen
+        _KEYS[name] = key
+    return key
+
+
+def _skip_leading_folds(value):
+    while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
+        value = value.lstrip("\r\n").lstrip(_LWS)
+    return value
 
 
 _KEYS = {}     # header name as written (before ':') -> header_key(name)
@@ -195,24 +203,14 @@ def _build(method, uri, headers):
 def parse_via(value):
     """The first via of a Via header value: sent-by and parameters. SipError if bad."""
     m = _VIA_RE.match(value)
-    if not m:
+    end = m.end() if m else 0
+    if not m or (end < len(value) and value[end] != ","):
         raise SipError("bad_header", "bad Via %r" % value[:60])
-    host, port = m.group(1), int(m.group(2) or 0)
-    pos = m.end()
     params = {}
-    n = len(value)
-    while pos < n and value[pos] == ";":
-        j = pos + 1
-        while j < n and value[j] not in ";, \t\r\n":
-            j += 1
-        name, _, pval = value[pos + 1:j].partition("=")
-        params.setdefault(name.lower(), pval if _ else None)
-        pos = j
-        while pos < n and value[pos] in " \t\r\n":
-            pos += 1
-    if pos < n and value[pos] != ",":
-        raise SipError("bad_header", "bad Via parameters in %r" % value[:60])
-    return Via(host, port, params, pos)
+    for param in m.group(3).split(";")[1:]:
+        name, eq, pval = param.rstrip(" \t\r\n").partition("=")
+        params.setdefault(name.lower(), pval if eq else None)
+    return Via(m.group(1), int(m.group(2) or 0), params, end)
 
 
 # --- replies ---------------------------------------------------------------------

@@ -8,13 +8,12 @@ anywhere in the To/From parameters is an error). Only what acc needs is kept: th
 display name, the URI and the tag. URIs are in sipuri.py.
 """
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kamflat.sipuri import AddrError
 
 
-@dataclass(frozen=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     display: str      # as written, quotes kept ("" when absent)
     uri: str
     tag: str          # "" when absent or empty

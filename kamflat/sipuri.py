@@ -6,15 +6,14 @@ state machine: the host of a URI must be ASCII letters, digits, '.' and '-' (or 
 at most 5 digits. Only user, host and port are kept.
 """
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class AddrError(ValueError):
     """A name-addr or URI that Kamailio's parser would reject (message says where)."""
 
 
-@dataclass(frozen=True)
-class Uri:
+class Uri(NamedTuple):
     scheme: str
     user: str
     host: str

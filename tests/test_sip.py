@@ -44,7 +44,9 @@ def test_bad_datagrams_are_rejected_with_a_reason(data, reason):
 def test_compact_headers_and_folding():
     r = parse_request(request("v: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK-2;rport",
                               "f: \"A\" <sip:al@example.com>;tag=1", "t: sip:bo@example.org",
-                              "i: c-compact", "User-Agent: foo\r\n bar|baz"))
+                              "i: c-compact", "User-Agent: foo\r\n bar|baz",
+                              "Subject:\r\n  starts folded "))
+    assert r.header("subject").value == "starts folded"
     assert r.call_id == "c-compact"
     assert r.header("from").name == "f"
     assert r.from_addr().tag == "1"
