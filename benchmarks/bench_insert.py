@@ -1,0 +1,121 @@
+"""kamflat's flatstore insert path against the C loop of Kamailio's writer (flatloop.c).
+
+Compiles flatloop.c with gcc -O2, then alternates rounds of the C loop and kamflat's
+insert() writing the same acc records (same values, a new Call-ID and time() per record)
+into files in one temporary directory, for flush=1 and flush=0. Prints records/s for each
+and the median ratio kamflat/C. Both timings cover the loop and the final close.
+
+    python3 benchmarks/bench_insert.py [--records N] [--rounds R] [--flatloop PATH]
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import kamflat  # noqa: E402  (after the path set-up, to use this checkout)
+
+FLATLOOP_CANDIDATES = [
+    REPO.parent / "shared" / "bench" / "flatloop.c",
+    Path("/work/shared/bench/flatloop.c"),
+    Path(__file__).resolve().parent / "flatloop.c",   # recorded copy for a clean clone
+]
+
+
+def compile_flatloop(source, workdir):
+    binary = os.path.join(workdir, "flatloop")
+    subprocess.run(["gcc", "-O2", "-o", binary, str(source)], check=True)
+    return binary
+
+
+def run_c(binary, records, flush, path):
+    out = subprocess.run([binary, str(records), str(flush), path], check=True,
+                         capture_output=True, text=True).stdout
+    seconds = float(re.search(r"seconds=([0-9.]+)", out).group(1))
+    return records / seconds
+
+
+def run_kamflat(directory, records, flush):
+    """The same record as flatloop.c: fixed strings, a Call-ID from the counter, code 200
+    and time(0) as numbers."""
+    now = time.time
+    conn = kamflat.connect("flatstore:" + directory, rank=1, flush=bool(flush))
+    conn.use_table("acc")
+    insert = conn.insert
+    start = time.perf_counter()
+    for i in range(records):
+        insert(None, ["INVITE", "as2f9a1c2e", "1928301774",
+                      "%d-3848276298220188511@127.0.0.1" % i, 200, "OK", int(now()),
+                      "alice", "example.com", "bob"])
+    conn.close()
+    return records / (time.perf_counter() - start)
+
+
+def same_records(c_path, kamflat_path):
+    """The first lines must match byte for byte once the time column is blanked."""
+    def first(path):
+        with open(path, "rb") as f:
+            fields = f.readline().split(b"|")
+        fields[6] = b"T"
+        return b"|".join(fields)
+    return first(c_path) == first(kamflat_path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--flatloop", type=Path, help="flatloop.c (default: "
+                        "../shared/bench/flatloop.c next to the repo, then "
+                        "/work/shared/bench/flatloop.c, then benchmarks/flatloop.c)")
+    args = parser.parse_args(argv)
+    source = args.flatloop or next(p for p in FLATLOOP_CANDIDATES if p.exists())
+    workdir = tempfile.mkdtemp(prefix="kamflat-bench-")
+    try:
+        binary = compile_flatloop(source, workdir)
+        c_path = os.path.join(workdir, "c_acc.log")
+        kamflat_path = os.path.join(workdir, "acc_129.log")
+        print("flatloop: %s; %d records per run, %d rounds; python %s"
+              % (source, args.records, args.rounds, sys.version.split()[0]))
+        summary = []
+        for flush in (1, 0):
+            c_rates, k_rates, ratios = [], [], []
+            for round_number in range(args.rounds):
+                for path in (c_path, kamflat_path):
+                    if os.path.exists(path):
+                        os.unlink(path)
+                if round_number % 2 == 0:
+                    c_rate = run_c(binary, args.records, flush, c_path)
+                    k_rate = run_kamflat(workdir, args.records, flush)
+                else:
+                    k_rate = run_kamflat(workdir, args.records, flush)
+                    c_rate = run_c(binary, args.records, flush, c_path)
+                if round_number == 0 and not same_records(c_path, kamflat_path):
+                    sys.exit("kamflat and flatloop.c wrote different records")
+                c_rates.append(c_rate)
+                k_rates.append(k_rate)
+                ratios.append(k_rate / c_rate)
+                print("flush=%d round %d: C %9.0f rec/s  kamflat %9.0f rec/s  ratio %.2f"
+                      % (flush, round_number + 1, c_rate, k_rate, k_rate / c_rate))
+            summary.append((flush, statistics.median(c_rates), statistics.median(k_rates),
+                            statistics.median(ratios)))
+        print()
+        for flush, c_rate, k_rate, ratio in summary:
+            target = 0.6 if flush else 0.4
+            print("flush=%d median: C %9.0f rec/s  kamflat %9.0f rec/s  ratio %.2f "
+                  "(target >= %.1f)" % (flush, c_rate, k_rate, ratio, target))
+    finally:
+        shutil.rmtree(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
