@@ -33,16 +33,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from kamflat.acc import AccHandler  # noqa: E402
+from kamflat.record import encode_record  # noqa: E402
 from kamflat.sipnet import open_listen_sockets, serve_udp  # noqa: E402
-
-try:
-    from kamflat.record import encode_record  # noqa: E402
-except ImportError:          # record.py not merged yet: the same join for str/int/None
-    def encode_record(values, encode_delimiter=True):
-        fields = ["" if v is None else str(v) for v in values]
-        if encode_delimiter:
-            fields = [f.replace("|", "%7C") for f in fields]
-        return ("|".join(fields) + "\n").encode("utf-8", "surrogateescape")
 
 KAMAILIO = "/usr/sbin/kamailio"
 REFERENCE = REPO / "tests" / "data" / "acc_sip" / "kamailio-5.6-reference.cfg"

@@ -12,16 +12,8 @@ import pytest
 
 from conftest import DATA, wait_until
 from kamflat.acc import AccHandler
+from kamflat.record import encode_record
 from kamflat.sipnet import open_listen_sockets, serve_udp
-
-try:
-    from kamflat.record import encode_record
-except ImportError:          # record.py not merged yet: the same join for str/int/None
-    def encode_record(values, encode_delimiter=True):
-        fields = ["" if v is None else str(v) for v in values]
-        if encode_delimiter:
-            fields = [f.replace("|", "%7C") for f in fields]
-        return ("|".join(fields) + "\n").encode("utf-8", "surrogateescape")
 
 ACC_SIP = DATA / "acc_sip"
 REFERENCE_EXTRA = "src_user=$fU;src_domain=$fd;dst_ouser=$tU"
@@ -209,7 +201,7 @@ def test_malformed_datagrams_over_udp_are_dropped_and_counted():
 
 
 def test_handler_from_a_kamailio_config(tmp_path):
-    config = pytest.importorskip("kamflat.config", reason="kamflat.config not merged yet")
+    from kamflat import config
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text('loadmodule "sl.so"\nloadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
                    'listen=udp:127.0.0.1:5070\n'
