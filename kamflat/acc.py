@@ -110,24 +110,19 @@ class AccHandler:
     @classmethod
     def from_config(cls, config, **overrides):
         """Build from a kamflat Config (acc and kamflat params); keyword args win."""
-        def param(module, name, default):
-            try:
-                value = config.param(module, name)
-            except (KeyError, LookupError, ValueError):
-                value = None
-            return default if value is None else value
-
-        replies = [v for v in (config.param_values("kamflat", "sip_reply") or [])]
+        param = config.param
+        replies = config.param_values("kamflat", "sip_reply")
         plain = [v for v in replies if "=" not in v]
+        server = param("kamflat", "sip_server_header")
         kwargs = dict(
-            acc_methods=param("kamflat", "acc_methods", "INVITE|BYE"),
+            acc_methods=param("kamflat", "acc_methods"),
             reply=plain[-1] if plain else "200 OK",
             reply_overrides=[v for v in replies if "=" in v],
-            db_extra=param("acc", "db_extra", ""),
-            table_acc=param("acc", "db_table_acc", "acc"),
-            table_missed=param("acc", "db_table_missed_calls", "missed_calls"),
-            missed_calls=bool(int(param("kamflat", "sip_missed_calls", 1))),
-            server=param("kamflat", "sip_server_header", SERVER_HEADER),
+            db_extra=param("acc", "db_extra") or "",
+            table_acc=param("acc", "db_table_acc"),
+            table_missed=param("acc", "db_table_missed_calls"),
+            missed_calls=bool(param("kamflat", "sip_missed_calls")),
+            server=SERVER_HEADER if server is None else server,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

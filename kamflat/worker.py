@@ -128,6 +128,8 @@ class Writer:
                     message = self.data_sock.recv(1 << 21)
                 except (BlockingIOError, OSError):
                     break
+                if not message:
+                    break
                 self.take_chunk(message)
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.pending and time.monotonic() < deadline:
@@ -163,6 +165,11 @@ class Writer:
         except BlockingIOError:
             return
         outcome = self.sip.handle(data, addr)   # never raises for bad input
+        if outcome.records:
+            # As Kamailio: the record is written before the reply goes out, so a client
+            # that reads the acc file after its reply finds it (with flush=1).
+            self.pending.append(collections.deque(outcome.records))
+            self.work()
         if outcome.reply:
             try:
                 sock.sendto(outcome.reply, outcome.reply_to or addr)
@@ -173,8 +180,6 @@ class Writer:
         for name, n in self.sip.take_counters().items():
             group, _, stat = name.partition(":")
             self.state.add(group, stat, n)
-        if outcome.records:
-            self.pending.append(collections.deque(outcome.records))
 
     def on_control(self):
         try:
