@@ -8,11 +8,9 @@ prefix must equal the replies received. Printed: both rates, CPU seconds the ser
 used per 1000 requests, and the ratio kamflat/Kamailio. Rounds alternate the two
 servers and the median ratio is printed, as the machine may be shared.
 
-kamflat's side is, for now, a small multi-process server built from the same parts
-`kamflat serve` uses: CHILDREN forked processes receive from one shared UDP socket
-(kamflat.sipnet.serve_udp), AccHandler answers and accounts, kamflat.record encodes,
-and each process appends to its own acc_<128+rank>.log with one write() per record
-(flush=1). The lead switches this to `kamflat serve` once it serves SIP.
+kamflat's side is the real `kamflat serve` with the same children, db_extra and
+replies, flush=1: its writer processes receive from the shared UDP socket, answer,
+and write each record before its reply.
 
     python3 benchmarks/bench_sip.py [--seconds 5] [--window 32] [--children 4] [--rounds 3]
 """
@@ -31,10 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from kamflat.acc import AccHandler  # noqa: E402
-from kamflat.record import encode_record  # noqa: E402
-from kamflat.sipnet import open_listen_sockets, serve_udp  # noqa: E402
+from serverutil import Server  # noqa: E402
 
 KAMAILIO = "/usr/sbin/kamailio"
 REFERENCE = REPO / "tests" / "data" / "acc_sip" / "kamailio-5.6-reference.cfg"
@@ -150,50 +147,18 @@ def run_kamailio(tmp, generator, args):
         log.close()
 
 
-class _Flag:
-    """The stop flag of a forked writer, set by SIGTERM."""
-    stop = False
-
-    def is_set(self):
-        return self.stop
-
-
-def kamflat_child(sock, rank, acc_dir):
-    flag = _Flag()
-    signal.signal(signal.SIGTERM, lambda *_: setattr(flag, "stop", True))
-    handler = AccHandler(db_extra=EXTRA, reply_overrides=["OTHER=404 Not here"])
-    fds = {}
-
-    def write(table, values):
-        fd = fds.get(table)
-        if fd is None:
-            fd = fds[table] = os.open(os.path.join(acc_dir, "%s_%d.log" % (table, 128 + rank)),
-                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.write(fd, encode_record(values, encode_delimiter=True))   # flush=1
-
-    serve_udp([sock], handler, write, flag)
-    os._exit(0)
-
-
 def run_kamflat(tmp, generator, args):
-    acc_dir = tmp / "acc"
-    acc_dir.mkdir()
-    [sock] = open_listen_sockets(["udp:127.0.0.1:0"])
-    port = sock.getsockname()[1]
-    pids = []
-    for rank in range(1, args.children + 1):
-        pid = os.fork()
-        if pid == 0:
-            kamflat_child(sock, rank, str(acc_dir))
-        pids.append(pid)
-    sock.close()
+    """The real `kamflat serve`, configured like the reference config."""
+    port = free_port()
+    extra = ('modparam("acc", "db_extra", "%s")\n'
+             'modparam("kamflat", "sip_reply", "OTHER=404 Not here")\n'
+             "listen=udp:127.0.0.1:%d\n" % (EXTRA, port))
+    server = Server(tmp, children=args.children, flush=1, extra=extra).start()
     try:
-        return measure("kamflat", lambda: pids, port, [], acc_dir, generator, args, "kfl")
+        return measure("kamflat", server.pids, port, [server.proc], server.acc,
+                       generator, args, "kfl")
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            os.waitpid(pid, 0)
+        server.stop()
 
 
 def main():
@@ -208,8 +173,7 @@ def main():
     print("bench_sip: window=%d seconds=%g children=%d, %d CPUs; generator sipload.c "
           "(closed loop, loopback UDP)" % (args.window, args.seconds, args.children,
                                             os.cpu_count()))
-    print("kamflat side: forked AccHandler processes on one shared socket, one write() "
-          "per record (not yet `kamflat serve`)")
+    print("kamflat side: `kamflat serve` (flush=1), the same db_extra and replies")
     ratios, all_zero_loss = [], True
     with tempfile.TemporaryDirectory(prefix="bench_sip.") as tmp:
         tmp = Path(tmp)

@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import stat
-import sys
 import time
 
 from kamflat import flatstore

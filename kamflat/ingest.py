@@ -13,7 +13,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import time
 
 from kamflat import ingestwire
