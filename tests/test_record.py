@@ -137,7 +137,8 @@ def test_wrappers_refuse_values_their_c_type_cannot_hold(make, value):
 
 def test_surrogateescape_round_trips_undecodable_bytes():
     raw = b"caf\xe9"
-    assert encode_record([raw.decode("utf-8", "surrogateescape")]) == b"caf\xe9\n"
+    for _first_and_compiled_path in range(2):
+        assert encode_record([raw.decode("utf-8", "surrogateescape"), 1]) == b"caf\xe9|1\n"
 
 
 # ---- the recorded Kamailio 5.6.3 acc files ------------------------------------------
