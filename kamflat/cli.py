@@ -8,6 +8,10 @@ import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
+    "serve": ("kamflat.serve", "run the server in the foreground (-f FILE)"),
+    "send": ("kamflat.send", "feed JSON-line records to a running server"),
+    "check": ("kamflat.check", "read a Kamailio config and say what kamflat would run"),
+    "fifo": ("kamflat.mi_client", "send one classic MI command over the MI FIFO (like kamctl fifo)"),
 }
 
 

@@ -194,6 +194,9 @@ def _unencodable(values):
     return RecordError("record not encodable as UTF-8")
 
 
+# One value given where a record (a sequence of values) belongs.
+_NOT_RECORDS = frozenset((str, bytes, bytearray))
+
 # Records longer than this get no compiled encoder (they take the general path).
 MAX_COMPILED_FIELDS = 255
 
@@ -267,7 +270,8 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
 
     def encode(values):
         try:
-            if values.__class__ is not str:   # a str would unpack into characters
+            # A str, bytes or bytearray would unpack into characters or numbers.
+            if values.__class__ not in _NOT_RECORDS:
                 data = shapes[len(values)](values)  # an iterator has no len()
                 if data is not None:
                     return data

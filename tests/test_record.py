@@ -132,6 +132,14 @@ def test_bad_values_are_named_by_position(values, message):
     assert str(caught.value).startswith(message)
 
 
+@pytest.mark.parametrize("whole", [b"INVITE", bytearray(b"INVITE"), "INVITE"])
+def test_a_whole_str_or_bytes_is_refused_even_after_an_all_number_record(whole):
+    encode = make_encoder()
+    assert encode([1, 2, 3, 4, 5, 6]) == encode([1, 2, 3, 4, 5, 6]) == b"1|2|3|4|5|6\n"
+    with pytest.raises(RecordError, match="a record is a sequence of values, not a"):
+        encode(whole)
+
+
 @pytest.mark.parametrize("make, value", [
     (Bigint, 2**63), (Bigint, -2**63 - 1), (Uint, -1), (Uint, 2**32),
     (Ubigint, 2**64), (Bitmap, 2**32), (Bitmap, -2**31 - 1), (Datetime, -1),

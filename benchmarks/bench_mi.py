@@ -1,0 +1,135 @@
+"""MI FIFO round trip: kamflat's MIFifoServer against a bare FIFO responder and Kamailio 3.3.
+
+    PYTHONPATH=. python3 benchmarks/bench_mi.py [-n 1000]
+
+Each server runs in its own process. Measured as Kamailio 3.3 was recorded: the
+client makes its reply FIFO and opens it for reading (not timed), then the time
+runs from the request's open/write/close on the server FIFO to EOF on the reply
+FIFO. "Full cycle" also times mkfifo, open and unlink, as `kamflat fifo` does.
+The baseline, measured in the same run, is a minimal Python responder (blocking
+read, fixed `200 OK` reply, no parsing, no checks): the floor for Python here.
+"""
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kamflat.manage import Management                                # noqa: E402
+from kamflat.mi_client import exchange, make_reply_fifo, read_reply, write_request  # noqa: E402
+from kamflat.mi_fifo import MIFifoServer                              # noqa: E402
+
+KAMAILIO_33 = {"median": 79.5, "p99": 161.0, "full": 122.7}      # us, spec section 2 (Latency)
+
+
+def run_kamflat(path, ready, stop):
+    server = MIFifoServer(path, management=Management.standalone())
+    server.open()
+    ready.set()
+    try:
+        server.serve(stop)
+    finally:
+        server.close()
+
+
+def run_baseline(path, ready, stop):
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR)
+    ready.set()
+    buf = b""
+    while not stop.is_set():
+        buf += os.read(fd, 65536)
+        while b"\n\n" in buf:
+            request, buf = buf.split(b"\n\n", 1)
+            name = request.split(b"\n", 1)[0].split(b":", 2)[2].decode()
+            out = os.open("/tmp/" + name, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(out, b"200 OK\n\n")
+            os.close(out)
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def measure(path, n, full):
+    """n flat_rotate round trips; returns the latencies in microseconds."""
+    name = "bench_mi_%d" % os.getpid()
+    reply_path = "/tmp/" + name
+    request = b":flat_rotate:%s\n\n" % name.encode()
+    times = []
+    for _ in range(n):
+        if full:
+            start = time.perf_counter()
+            reply = exchange(path, request, reply_path, 5.0)
+            times.append((time.perf_counter() - start) * 1e6)
+        else:
+            fd = make_reply_fifo(reply_path)
+            start = time.perf_counter()
+            write_request(path, request, 5.0)
+            reply = read_reply(fd, 5.0)
+            times.append((time.perf_counter() - start) * 1e6)
+            os.close(fd)
+            os.unlink(reply_path)
+        assert reply == b"200 OK\n\n", reply
+    return times
+
+
+def bench(target, n):
+    """Start one server process, warm up, measure both ways, stop it."""
+    path = os.path.join(tempfile.mkdtemp(prefix="bench_mi_"), "fifo")
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    proc = multiprocessing.Process(target=target, args=(path, ready, stop), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(10):
+            raise SystemExit("server did not start")
+        measure(path, 50, False)
+        return measure(path, n, False), measure(path, n, True)
+    finally:
+        stop.set()
+        try:
+            write_request(path, b"\n", 1.0)      # wake the blocking baseline
+        except Exception:
+            pass
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="requests per measurement")
+    n = parser.parse_args().n
+    multiprocessing.set_start_method("fork")
+    base_rt, base_full = bench(run_baseline, n)
+    kf_rt, kf_full = bench(run_kamflat, n)
+    print("flat_rotate over the MI FIFO, %d requests each (microseconds); load average %.2f on %d CPUs"
+          % (n, os.getloadavg()[0], os.cpu_count()))
+    print("%-34s %9s %9s %9s" % ("", "median", "p99", "max"))
+    rows = [("Kamailio 3.3.7 (recorded, 200 runs)", KAMAILIO_33["median"], KAMAILIO_33["p99"], None),
+            ("bare Python responder (baseline)", statistics.median(base_rt), percentile(base_rt, 99), max(base_rt)),
+            ("kamflat MIFifoServer", statistics.median(kf_rt), percentile(kf_rt, 99), max(kf_rt))]
+    for label, med, p99, worst in rows:
+        print("%-34s %9.1f %9.1f %9s" % (label, med, p99, "-" if worst is None else "%.1f" % worst))
+    med, p99 = statistics.median(kf_rt), percentile(kf_rt, 99)
+    print("kamflat / baseline median: %.2fx" % (med / statistics.median(base_rt)))
+    print("kamflat / Kamailio median: %.2fx (target <= 2x)  %s"
+          % (med / KAMAILIO_33["median"], "OK" if med <= 2 * KAMAILIO_33["median"] else "MISSED"))
+    print("kamflat p99: %.0f us (target <= 1000 us)  %s" % (p99, "OK" if p99 <= 1000 else "MISSED"))
+    print("full client cycle (mkfifo, open, write, read to EOF, unlink): median %.1f us, p99 %.1f us"
+          " (baseline %.1f us, Kamailio 3.3 %.1f us)"
+          % (statistics.median(kf_full), percentile(kf_full, 99), statistics.median(base_full),
+             KAMAILIO_33["full"]))
+
+
+if __name__ == "__main__":
+    main()

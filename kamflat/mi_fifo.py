@@ -1,0 +1,445 @@
+"""The classic MI FIFO server: Kamailio 3.3's mi_fifo, without its stalls.
+
+IO only: the grammar and reply framing are in `mi.py`, the commands in
+`mi_commands.py`. One thread runs `serve()`, a non-blocking event loop:
+
+- The server FIFO is held open O_RDWR|O_NONBLOCK, so writers coming and going
+  never cause EOF churn. Every byte read goes through one `MIParser` (the FIFO is
+  one stream shared by all clients; `mi.py` explains how it resyncs).
+- Each request becomes a `ReplyJob`. Its reply FIFO (reply_dir + name) must be
+  a FIFO, not a symlink, not hard-linked (checked with lstat before opening
+  with O_NOFOLLOW, then compared with fstat). A FIFO nobody reads yet (ENXIO)
+  is retried every few ms for RETRY_WINDOW (Kamailio: 5 tries 80 ms apart),
+  while other requests go on being served; then the request is dropped.
+- The command runs only once its reply FIFO is open. Slow commands (flat_rotate
+  waits for the writers) run on a helper thread, so they hold up nobody.
+- Replies are written non-blocking; what the reader has not taken yet waits
+  in the job until it drains, or until `reply_timeout`.
+- Half a request idle for `request_timeout` is abandoned (logged).
+- If the server FIFO is deleted or renamed away, it is recreated at once
+  (pyinotify when it is installed, else an os.stat on every loop tick).
+"""
+import collections
+import errno
+import grp
+import logging
+import os
+import pwd
+import selectors
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from kamflat import mi
+from kamflat.mi_commands import SLOW, CloseThen, MICommands, Reply
+
+log = logging.getLogger("kamflat.mi_fifo")
+
+DEFAULT_MODULES = ("kex", "pv", "db_flatstore", "mi_fifo")
+
+
+class MIFifoError(Exception):
+    """The server FIFO could not be set up; the message names the path."""
+
+
+class ReplyRefused(Exception):
+    """The reply FIFO cannot be used: drop the request (message says why)."""
+
+
+class ReplyJob:
+    """One request on its way to its reply FIFO."""
+
+    __slots__ = ("path", "command", "args", "data", "fd", "give_up", "next_try", "offset")
+
+    def __init__(self, path, command, args=None, data=None):
+        self.path = path
+        self.command = command
+        self.args = args            # run the command with these once open (None: data is ready)
+        self.data = data            # reply bytes
+        self.fd = None
+        self.give_up = self.next_try = 0.0
+        self.offset = 0
+
+
+class MIFifoServer:
+    TICK = 0.05             # longest wait without checking stop_event / deadlines
+    RETRY_WINDOW = 0.4      # how long a reply FIFO may have no reader yet
+    RETRY_INTERVAL = 0.004
+    READ_SIZE = 65536
+
+    def __init__(self, fifo_name, fifo_mode=0o660, fifo_user=None, fifo_group=None,
+                 reply_dir="/tmp/", reply_indent="\t", modules=DEFAULT_MODULES,
+                 management=None, request_timeout=5.0, reply_timeout=5.0):
+        self.fifo_name = fifo_name
+        self.fifo_mode = fifo_mode
+        self.fifo_user = fifo_user
+        self.fifo_group = fifo_group
+        self.reply_dir = reply_dir
+        self.reply_indent = reply_indent
+        self.request_timeout = request_timeout
+        self.reply_timeout = reply_timeout
+        self.management = management
+        self.commands = MICommands(modules, management)
+        self.parser = mi.MIParser(self.commands.names, self.commands.no_input, reply_dir)
+        self._sel = None
+        self._fd = None
+        self._ident = None          # (st_dev, st_ino) of the FIFO we created
+        self._last_data = 0.0
+        self._opening = []          # jobs whose reply FIFO has no reader yet
+        self._writing = {}          # fd -> (job, give-up time)
+        self._done = collections.deque()    # slow commands finished on the helper thread
+        self._wake_r = self._wake_w = None
+        self._executor = None
+        self._notifier = None
+        self.watch = None           # how a deleted FIFO is noticed: "inotify" or "stat"
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def open(self):
+        """Create the FIFO (replacing whatever is at fifo_name) and get ready to serve."""
+        try:
+            os.stat(self.reply_dir)
+        except OSError as e:
+            raise MIFifoError("MI FIFO reply_dir %s: %s" % (self.reply_dir, e.strerror)) from None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        try:
+            self._create_fifo()
+        except MIFifoError:
+            self.close()
+            raise
+        self._start_watch()
+        stats = getattr(self.management, "statistics", None)
+        if stats is not None:       # mi_fifo:requests / errors / dropped, for get_statistics
+            for name in ("requests", "errors", "dropped"):
+                stats.register("mi_fifo", name)
+        log.info("MI FIFO listening on %s", self.fifo_name)
+
+    def close(self):
+        """Stop serving: finish slow commands, close everything, remove the FIFO."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        while self._done:       # finished after the loop stopped: nobody will write them now
+            self._finish(self._done.popleft()[0], "server shutting down")
+        for job in list(self._opening):
+            self._drop(job, "server shutting down")
+        for fd, (job, _) in list(self._writing.items()):
+            self._finish(job, "server shutting down before the reply was read")
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            if self._fifo_is_ours():
+                os.unlink(self.fifo_name)
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+
+    def serve(self, stop_event):
+        """Answer requests until stop_event is set (checked at least every TICK)."""
+        while not stop_event.is_set():
+            try:
+                for key, mask in self._sel.select(self._next_timeout()):
+                    key.data(key.fd, mask)
+                self._on_tick(time.monotonic())
+            except Exception:       # a bug must not take the MI server down with it
+                log.exception("MI FIFO: unexpected error; serving on")
+
+    # -- the server FIFO ------------------------------------------------------------
+
+    def _create_fifo(self):
+        # Made under a temporary name, opened, then renamed over whatever is at
+        # fifo_name (a stale FIFO or file: Kamailio replaces it too), so no client
+        # ever finds the FIFO without its reader.
+        path = self.fifo_name
+        tmp = "%s.kamflat-%d" % (path, os.getpid())
+        fd = None
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.mkfifo(tmp, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.chmod(tmp, self.fifo_mode)
+            if self.fifo_user is not None or self.fifo_group is not None:
+                os.chown(tmp, _uid(self.fifo_user), _gid(self.fifo_group))
+            os.rename(tmp, path)
+        except (OSError, KeyError) as e:
+            if fd is not None:
+                os.close(fd)
+                os.unlink(tmp)
+            raise MIFifoError("cannot create MI FIFO %s: %s" % (path, getattr(e, "strerror", e))) from None
+        st = os.fstat(fd)
+        old, self._fd, self._ident = self._fd, fd, (st.st_dev, st.st_ino)
+        self._sel.register(fd, selectors.EVENT_READ, self._on_request_bytes)
+        if old is not None:             # bytes written before the old one was deleted still count
+            self._read_all(old, most=1024)
+            self._sel.unregister(old)
+            os.close(old)
+
+    def _fifo_is_ours(self):
+        try:
+            st = os.lstat(self.fifo_name)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
+
+    def _check_fifo(self):
+        """Recreate the FIFO if it is gone (someone deleted or moved it)."""
+        if os.path.lexists(self.fifo_name):
+            return
+        log.warning("MI FIFO %s was removed; recreating it", self.fifo_name)
+        try:
+            self._create_fifo()
+        except MIFifoError as e:
+            log.error("%s (will retry)", e)
+
+    def _start_watch(self):
+        """pyinotify on the FIFO's directory, if installed; else _on_tick stats the FIFO."""
+        try:
+            import pyinotify
+            manager = pyinotify.WatchManager()
+            manager.add_watch(os.path.dirname(os.path.abspath(self.fifo_name)),
+                              pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM)
+            self._notifier = pyinotify.Notifier(manager, lambda event: None, timeout=0)
+        except Exception as e:      # not installed, or no inotify instance left
+            log.debug("pyinotify unavailable (%s): checking the MI FIFO on every tick", e)
+            self._notifier = None
+            self.watch = "stat"
+            return
+        self._sel.register(manager.get_fd(), selectors.EVENT_READ, self._on_inotify)
+        self.watch = "inotify"
+
+    def _on_inotify(self, fd, mask):
+        self._notifier.read_events()
+        self._notifier.process_events()
+        self._check_fifo()
+
+    def _read_all(self, fd, most=64):
+        """Read and handle what is there (at most `most` reads, so timers still run)."""
+        for _ in range(most):
+            try:
+                data = os.read(fd, self.READ_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self._last_data = time.monotonic()
+            self.parser.feed(data)
+            while (event := self.parser.next_event()) is not mi.NEED_DATA:
+                self._on_event(event)
+
+    def _on_request_bytes(self, fd, mask):
+        self._read_all(fd)
+
+    # -- requests -----------------------------------------------------------------
+
+    def _on_event(self, event):
+        path_of = lambda name: self.reply_dir + name
+        if isinstance(event, mi.Request):
+            self._start(ReplyJob(path_of(event.reply_name), event.command, args=event.args))
+        elif isinstance(event, mi.UnknownCommand):
+            log.error("MI FIFO: command %r is not available", event.command)
+            self._count("errors")
+            self._start(ReplyJob(path_of(event.reply_name), event.command,
+                                 data=mi.command_not_available(event.command)))
+        elif isinstance(event, mi.ParseError):
+            log.error("MI FIFO: parse error in command %r: %s", event.command, event.reason)
+            self._count("errors")
+            self._start(ReplyJob(path_of(event.reply_name), event.command,
+                                 data=mi.parse_error_reply(event.command)))
+        else:
+            self._count("dropped")
+            log.warning("MI FIFO: dropped request %r: %s", event.logline, event.reason)
+
+    def _start(self, job):
+        now = time.monotonic()
+        job.give_up = now + self.RETRY_WINDOW
+        job.next_try = now
+        self._try_open(job, now)
+
+    def _try_open(self, job, now):
+        try:
+            job.fd = open_reply_fifo(job.path)
+        except ReplyRefused as e:
+            self._drop(job, str(e))
+            return
+        if job.fd is None:
+            if now >= job.give_up:
+                self._drop(job, "no client at %s (nobody opened it for reading within %.0f ms)"
+                           % (job.path, self.RETRY_WINDOW * 1000))
+            else:
+                job.next_try = now + self.RETRY_INTERVAL
+                if job not in self._opening:
+                    self._opening.append(job)
+            return
+        if job in self._opening:
+            self._opening.remove(job)
+        self._run(job)
+
+    def _drop(self, job, reason):
+        if job in self._opening:
+            self._opening.remove(job)
+        self._count("dropped")
+        log.warning("MI FIFO: dropped request %r (reply to %s): %s", job.command, job.path, reason)
+
+    def _run(self, job):
+        """The reply FIFO is open: run the command (maybe on the helper thread), then reply."""
+        if job.args is None:
+            self._write(job)
+            return
+        self._count("requests")
+        if job.command in SLOW:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="mi-slow")
+            future = self._executor.submit(self._call, job)
+            future.add_done_callback(lambda f: self._finished_elsewhere(job, f.result()))
+            return
+        self._reply(job, self._call(job))
+
+    def _call(self, job):
+        try:
+            return self.commands.run(job.command, job.args)
+        except Exception:
+            log.exception("MI FIFO: command %r failed", job.command)
+            return None
+
+    def _finished_elsewhere(self, job, result):
+        self._done.append((job, result))
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, TypeError, OSError):
+            pass        # already woken, or shutting down
+
+    def _on_wake(self, fd, mask):
+        while True:
+            try:
+                if not os.read(fd, 4096):
+                    break
+            except BlockingIOError:
+                break
+        while self._done:
+            self._reply(*self._done.popleft())
+
+    def _reply(self, job, result):
+        """Turn a command's result into bytes and start writing them."""
+        if isinstance(result, CloseThen):       # MI kill: 0 bytes, then stop
+            os.close(job.fd)
+            job.fd = None
+            result.action()
+            return
+        if result is None:
+            job.data = mi.command_failed(job.command)
+        elif isinstance(result, Reply):
+            job.data = mi.encode_reply(result.code, result.reason, result.nodes, self.reply_indent)
+        else:
+            job.data = result       # bytes
+        if job.data[:1] != b"2":
+            self._count("errors")
+        self._write(job)
+
+    # -- replies ---------------------------------------------------------------------
+
+    def _write(self, job):
+        try:
+            while job.offset < len(job.data):
+                job.offset += os.write(job.fd, job.data[job.offset:])
+        except BlockingIOError:
+            if job.fd not in self._writing:
+                self._writing[job.fd] = (job, time.monotonic() + self.reply_timeout)
+                self._sel.register(job.fd, selectors.EVENT_WRITE, self._on_writable)
+            return
+        except OSError as e:
+            self._finish(job, "reader of %s went away before the reply was written (%s)"
+                         % (job.path, e.strerror))
+            return
+        self._finish(job)
+
+    def _on_writable(self, fd, mask):
+        self._write(self._writing[fd][0])
+
+    def _finish(self, job, problem=None):
+        if problem:
+            log.warning("MI FIFO: reply to %r for %r not delivered: %s", job.path, job.command, problem)
+        if job.fd in self._writing:
+            del self._writing[job.fd]
+            self._sel.unregister(job.fd)
+        os.close(job.fd)
+        job.fd = None
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _next_timeout(self):
+        if not self._opening:
+            return self.TICK
+        soonest = min(job.next_try for job in self._opening)
+        return max(0.0, min(self.TICK, soonest - time.monotonic()))
+
+    def _on_tick(self, now):
+        for job in [j for j in self._opening if j.next_try <= now]:
+            self._try_open(job, now)
+        for job, give_up in [v for v in self._writing.values() if v[1] <= now]:
+            self._finish(job, "the reader did not read it within %.1f s" % self.reply_timeout)
+        if self.parser.pending and now - self._last_data > self.request_timeout:
+            for event in self.parser.abandon("unfinished request abandoned after %.1f s without data"
+                                             % self.request_timeout):
+                self._on_event(event)
+        if self._notifier is None:
+            self._check_fifo()
+
+    def _count(self, name):
+        stats = getattr(self.management, "statistics", None)
+        if stats is not None:
+            stats.add("mi_fifo", name, 1)
+
+
+def open_reply_fifo(path):
+    """Open a reply FIFO O_WRONLY|O_NONBLOCK after Kamailio's security checks.
+
+    Returns the fd, or None when it has no reader yet (ENXIO: try again later).
+    Raises ReplyRefused (with Kamailio's wording) when it must not be used. Unlike
+    Kamailio, which opens first and checks after, this checks with lstat before
+    opening, so a regular file or device named by a client is never opened.
+    """
+    try:
+        st = os.lstat(path)
+    except ValueError:
+        raise ReplyRefused("Forbidden reply fifo filename: %r" % path) from None
+    except OSError as e:
+        raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ReplyRefused("security: %s is a soft link" % path)
+    if not stat.S_ISFIFO(st.st_mode):
+        raise ReplyRefused("security: %s is not a fifo" % path)
+    if st.st_nlink > 1:
+        raise ReplyRefused("security: %s is hard-linked %d times" % (path, st.st_nlink))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return None
+        raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
+    fst = os.fstat(fd)
+    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or fst.st_nlink > 1:
+        os.close(fd)
+        raise ReplyRefused("security: %s changed while it was being opened" % path)
+    return fd
+
+
+def _uid(user):
+    if user is None:
+        return -1
+    return int(user) if str(user).isdigit() else pwd.getpwnam(user).pw_uid
+
+
+def _gid(group):
+    if group is None:
+        return -1
+    return int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid

@@ -1,0 +1,78 @@
+"""Synchronous rotation: advance the generation, wait until every writer closed its files.
+
+Kamailio's flat_rotate only stores a timestamp; each process reopens on its next
+record, so an idle process keeps the renamed file open indefinitely and the reply
+says nothing about when the renamed files are complete. kamflat advances a shared
+generation counter (two rotations in one second both count) and then asks every
+writer, on its control socket, to close its files now; the reply comes only when
+all have answered, or when the time limit has run out, in which case the reply
+names the writers that did not answer.
+"""
+import selectors
+import threading
+import time
+
+
+class Rotator:
+    def __init__(self, counter, control_socks, timeout, statistics):
+        """control_socks: {rank: socket}, the management ends of the writers' control pairs."""
+        self.counter = counter
+        self.socks = dict(control_socks)
+        self.timeout = timeout
+        self.statistics = statistics
+        self.lock = threading.Lock()     # one rotation at a time, whichever transport asks
+        for sock in self.socks.values():
+            sock.setblocking(False)
+
+    def rotate(self):
+        with self.lock:
+            generation = self.counter.advance()
+            self.statistics.add("flatstore", "rotations")
+            errors = []
+            waiting = {}
+            for rank, sock in sorted(self.socks.items()):
+                _discard_stale(sock)
+                try:
+                    sock.send(b"rotate %d" % generation)
+                except OSError as exc:
+                    errors.append("writer %d: %s" % (rank, exc))
+                else:
+                    waiting[sock] = rank
+            errors += self._collect(waiting, generation)
+            if errors:
+                self.statistics.add("flatstore", "rotation_errors")
+            return errors
+
+    def _collect(self, waiting, generation):
+        errors = []
+        deadline = time.monotonic() + self.timeout
+        with selectors.DefaultSelector() as sel:
+            for sock in waiting:
+                sel.register(sock, selectors.EVENT_READ)
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for key, _ in sel.select(left):
+                    answer = key.fileobj.recv(4096).decode(errors="replace")
+                    verb, _, rest = answer.partition(" ")
+                    number, _, reason = rest.partition(" ")
+                    if number != str(generation):
+                        continue        # an answer to an earlier rotation that timed out
+                    rank = waiting.pop(key.fileobj)
+                    sel.unregister(key.fileobj)
+                    if verb != "rotated":
+                        errors.append("writer %d: %s" % (rank, reason))
+        for rank in sorted(waiting.values()):
+            errors.append("writer %d did not close its files within %d ms"
+                          % (rank, self.timeout * 1000))
+        return errors
+
+
+def _discard_stale(sock):
+    while True:
+        try:
+            if not sock.recv(4096):
+                return
+        except BlockingIOError:
+            return
