@@ -99,8 +99,7 @@ class JsonRpcFifoServer:
         try:
             os.mkfifo(path, self.fifo_mode)
             os.chmod(path, self.fifo_mode)
-            uid = _ident(self.fifo_user, pwd.getpwnam, "pw_uid")
-            gid = _ident(self.fifo_group, grp.getgrnam, "gr_gid")
+            uid, gid = owner_ids(self.fifo_user, self.fifo_group)
             if uid != -1 or gid != -1:
                 os.chown(path, uid, gid)
             self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
@@ -289,13 +288,16 @@ def _fifo_problem(fd, path):
     return None
 
 
-def _ident(value, lookup, attr):
-    """A user/group given as a number or a name -> the numeric id (-1 = leave it)."""
-    if value is None or value == "":
-        return -1
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    return getattr(lookup(value), attr)
+def owner_ids(user, group):
+    """(uid, gid) for a user and group given as numbers or names; -1 leaves one as it is.
+    Raises KeyError for an unknown name."""
+    def numeric(value, lookup, attr):
+        if value is None or value == "":
+            return -1
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        return getattr(lookup(value), attr)
+    return numeric(user, pwd.getpwnam, "pw_uid"), numeric(group, grp.getgrnam, "gr_gid")
 
 
 def _excerpt(data, limit=120):
