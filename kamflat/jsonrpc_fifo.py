@@ -208,14 +208,14 @@ class JsonRpcFifoServer:
         return timeout
 
     def _advance_jobs(self):
-        busy = set()
+        busy = set()                      # replies to one FIFO go out one after another
         for job in list(self._jobs):
             if job.path in busy:
-                continue                  # replies to one FIFO go out one after another
-            busy.add(job.path)
-            if job.fd is None and not self._open_reply(job):
                 continue
-            self._write_reply(job)
+            if job.fd is not None or self._open_reply(job):
+                self._write_reply(job)
+            if job in self._jobs:
+                busy.add(job.path)
 
     def _open_reply(self, job):
         """Try to open the job's reply FIFO. True once open; False to retry later
