@@ -8,6 +8,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
+    "rpc": ("kamflat.rpc_client", "JSON-RPC client for the jsonrpcs FIFO (like kamctl rpc)"),
 }
 
 

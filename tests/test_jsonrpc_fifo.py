@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import DATA, wait_until
+from conftest import DATA, run_kamflat, wait_until
 from kamflat.jsonrpc_fifo import JsonRpcFifoServer
 from kamflat.manage import Management, Process
 
@@ -343,3 +343,33 @@ def test_open_replaces_a_stale_fifo_and_close_removes_it(tmp_path):
     path.write_text("not a fifo")
     with pytest.raises(OSError, match="rpc.fifo"):
         JsonRpcFifoServer(str(path), management=make_management()).open()
+
+
+# -- kamflat rpc (the client)
+
+def test_client_request_bytes_are_kamctls():
+    from kamflat.rpc_client import build_request
+    assert build_request("flatstore.rotate", [], "kamailio_receiver_17058", 17058) == (
+        b'{"jsonrpc": "2.0", "method": "flatstore.rotate", '
+        b'"reply_name": "kamailio_receiver_17058", "id": 17058}\n')
+    assert b'"params": ["abc", 12, "34", 5, 2.5]' in build_request(
+        "core.echo", ["abc", "12", "s:34", "i:5", "2.5"], "r", 1)
+
+
+def test_kamflat_rpc_cli(server, tmp_path):
+    ok = run_kamflat("rpc", "--fifo", server.path, "flatstore.k_rotate")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert re.fullmatch(r'\{\n\t"jsonrpc":\t"2\.0",\n\t"result":\t\{\n\t\},\n\t"id":\t\d+\n\}\n',
+                        ok.stdout)
+    assert server.management.rotations == 1
+    echo = run_kamflat("rpc", "--fifo", server.path, "core.echo", "a b", "7", "s:8")
+    assert json.loads(echo.stdout)["result"] == ["a b", "7", "8"]
+    unknown = run_kamflat("rpc", "--fifo", server.path, "no.such.method")
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout)["error"] == {"code": 500, "message": "Method Not Found"}
+    missing = run_kamflat("rpc", "--fifo", str(tmp_path / "missing.fifo"), "core.version")
+    assert missing.returncode == 2 and "missing.fifo" in missing.stderr
+    unserved = tmp_path / "unserved.fifo"
+    os.mkfifo(unserved)
+    idle = run_kamflat("rpc", "--fifo", str(unserved), "core.version")
+    assert idle.returncode == 2 and "nothing is reading" in idle.stderr

@@ -1,0 +1,187 @@
+"""The real Debian `kamctl` (5.6) and `kamcmd` against kamflat's servers.
+
+kamctl is pointed at kamflat's FIFO with a ~/.kamctlrc in a temporary HOME (never
+/etc). Since kamflat's reply bytes equal Kamailio's (test_jsonrpc_fifo), what the
+clients print is checked against what they print for those bytes.
+"""
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from test_jsonrpc_fifo import make_management
+from kamflat.ctl import CtlServer
+from kamflat.jsonrpc_fifo import JsonRpcFifoServer
+
+KAMCTL = shutil.which("kamctl") or ("/usr/sbin/kamctl" if os.path.exists("/usr/sbin/kamctl")
+                                    else None)
+KAMCMD = shutil.which("kamcmd") or ("/usr/sbin/kamcmd" if os.path.exists("/usr/sbin/kamcmd")
+                                    else None)
+needs_kamctl = pytest.mark.skipif(KAMCTL is None, reason="kamctl not installed "
+                                  "(Debian package kamailio; .ci/run installs it)")
+needs_kamcmd = pytest.mark.skipif(KAMCMD is None, reason="kamcmd not installed "
+                                  "(Debian package kamailio; .ci/run installs it)")
+
+
+def serve(server):
+    server.open()
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+
+    def finish():
+        stop.set()
+        thread.join(5)
+        server.close()
+    return finish
+
+
+@pytest.fixture
+def rpc_fifo(tmp_path):
+    """A JSON-RPC FIFO server and a HOME whose .kamctlrc points kamctl at it."""
+    management = make_management()
+    fifo = tmp_path / "kamailio_rpc.fifo"
+    finish = serve(JsonRpcFifoServer(str(fifo), management=management))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".kamctlrc").write_text('RPCFIFOPATH="%s"\n' % fifo)
+    yield management, home
+    finish()
+
+
+def kamctl(home, *args):
+    env = dict(os.environ, HOME=str(home))
+    env.pop("KAMCTL_TEST", None)
+    return subprocess.run([KAMCTL, *args], env=env, capture_output=True, text=True,
+                          timeout=20, cwd=str(home))
+
+
+# kamctl 5.6 prints the reply through its awk filter_json: two-space indentation
+KAMCTL_ROTATE = re.compile(r'\{\n  "jsonrpc":  "2\.0",\n  "result": \{\n  \},\n'
+                           r'  "id": \d+\n\}\n')
+KAMCTL_VERSION = re.compile(r'\{\n  "jsonrpc":  "2\.0",\n  "result": '
+                            r'"kamailio 5\.6\.3 \(\w+/linux\) ",\n  "id": \d+\n\}\n')
+
+
+@needs_kamctl
+@pytest.mark.parametrize("method", ["flatstore.k_rotate", "flatstore.rotate"])
+def test_kamctl_rpc_rotate(rpc_fifo, method):
+    management, home = rpc_fifo
+    result = kamctl(home, "rpc", method)
+    assert result.returncode == 0, result.stderr
+    assert KAMCTL_ROTATE.fullmatch(result.stdout), result.stdout
+    assert management.rotations == 1
+
+
+@needs_kamctl
+def test_kamctl_rpc_core_version(rpc_fifo):
+    _management, home = rpc_fifo
+    result = kamctl(home, "rpc", "core.version")
+    assert result.returncode == 0, result.stderr
+    assert KAMCTL_VERSION.fullmatch(result.stdout), result.stdout
+
+
+@needs_kamctl
+def test_kamctl_ps(rpc_fifo):
+    _management, home = rpc_fifo
+    result = kamctl(home, "ps")
+    assert result.returncode == 0, result.stderr
+    pid = os.getpid()
+    expected = ('{\n  "jsonrpc":  "2.0",\n  "result": [\n'
+                '    {\n      "IDX":  0,\n      "PID":  %d,\n'
+                '      "DSC":  "main process - attendant"\n    }, {\n'
+                '      "IDX":  1,\n      "PID":  %d,\n'
+                '      "DSC":  "udp receiver child=0 sock=127.0.0.1:5070"\n    }\n'
+                '  ],\n  "id": ID\n}\n' % (pid, pid))
+    assert re.sub(r'"id": \d+', '"id": ID', result.stdout) == expected
+
+
+@needs_kamctl
+def test_kamctl_uptime(rpc_fifo):
+    _management, home = rpc_fifo
+    result = kamctl(home, "uptime")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r'\{\n  "jsonrpc":  "2\.0",\n  "result": \{\n'
+                        r'    "now":  "\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}",\n'
+                        r'    "up_since": "\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}",\n'
+                        r'    "uptime": \d+\n  \},\n  "id": \d+\n\}\n', result.stdout), \
+        result.stdout
+
+
+@needs_kamctl
+def test_kamctl_missing_fifo_exits_2(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".kamctlrc").write_text('RPCFIFOPATH="%s"\n' % (tmp_path / "nothing.fifo"))
+    result = kamctl(home, "rpc", "core.version")
+    assert result.returncode == 2
+    assert "Error opening Kamailio's FIFO" in result.stdout + result.stderr
+
+
+@pytest.fixture(params=["unixs", "unix", "tcp", "udp"])
+def ctl(request, tmp_path):
+    management = make_management()
+    address = {"unixs": "unixs:%s/ctl" % tmp_path, "unix": "unix:%s/ctl" % tmp_path,
+               "tcp": "tcp:127.0.0.1:0", "udp": "udp:127.0.0.1:0"}[request.param]
+    server = CtlServer(address, management=management)
+    finish = serve(server)
+    yield management, server.address
+    finish()
+
+
+def kamcmd(address, *args):
+    return subprocess.run([KAMCMD, "-s", address, *args], capture_output=True, text=True,
+                          timeout=20)
+
+
+@needs_kamcmd
+@pytest.mark.parametrize("method", ["flatstore.rotate", "flatstore.k_rotate"])
+def test_kamcmd_rotate(ctl, method):
+    management, address = ctl
+    result = kamcmd(address, method)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert management.rotations == 1
+
+
+@needs_kamcmd
+def test_kamcmd_ps(ctl):
+    _management, address = ctl
+    result = kamcmd(address, "ps")
+    assert result.returncode == 0, result.stderr
+    pid = os.getpid()
+    assert result.stdout == ("%d\tmain process - attendant\n"
+                             "%d\tudp receiver child=0 sock=127.0.0.1:5070\n" % (pid, pid))
+
+
+@needs_kamcmd
+def test_kamcmd_core_version(ctl):
+    _management, address = ctl
+    result = kamcmd(address, "core.version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"kamailio 5\.6\.3 \(\w+/linux\) \n", result.stdout), result.stdout
+
+
+@needs_kamcmd
+def test_kamcmd_unknown_method(ctl):
+    _management, address = ctl
+    result = kamcmd(address, "no.such.method")
+    assert (result.returncode, result.stdout) == (
+        0, "error: 500 - command no.such.method not found\n")
+
+
+@needs_kamcmd
+def test_kamcmd_structs_and_statistics(ctl):
+    _management, address = ctl
+    uptime = kamcmd(address, "core.uptime").stdout
+    assert re.fullmatch(r"\{\n\tnow: .+\n\tup_since: .+\n\tuptime: \d+\n\}\n", uptime), uptime
+    stats = kamcmd(address, "stats.get_statistics", "core:", "total_size").stdout
+    assert stats == ("core:fwd_requests = 0\ncore:rcv_requests = 3\n"
+                     "shmem:total_size = 67108864\n")
+    assert kamcmd(address, "core.echo", "abc", "12", "s:34").stdout == "abc\n12\n34\n"
+    listed = kamcmd(address, "system.listMethods").stdout.split("\n")
+    assert {"core.psx", "core.psa", "flatstore.k_rotate", "stats.get_statistics"} <= set(listed)
+    assert kamcmd(address, "system.methodHelp", "flatstore.k_rotate").stdout == \
+        "Close and reopen flatrotate files during log rotation.\n"
