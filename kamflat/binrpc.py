@@ -133,9 +133,10 @@ def encode_value(value):
         return bytes((len(fixed) << 4 | T_DOUBLE,)) + fixed
     if isinstance(value, bytes):
         return _record(T_BYTES, value)
-    if isinstance(value, dict):
+    if isinstance(value, dict) or getattr(value, "struct_pairs", False):
+        pairs = value.items() if isinstance(value, dict) else value
         members = b"".join(_record(T_AVP, str(k).encode("utf-8") + b"\x00") + encode_value(v)
-                           for k, v in value.items())
+                           for k, v in pairs)
         return bytes((T_STRUCT,)) + members + bytes((0x80 | T_STRUCT,))
     if isinstance(value, (list, tuple)):
         return bytes((T_ARRAY,)) + b"".join(map(encode_value, value)) + bytes((0x80 | T_ARRAY,))

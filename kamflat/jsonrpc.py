@@ -428,12 +428,13 @@ def encode_reply(result=None, error=None, id=None, has_id=False):
 
 def pretty(value, depth=0):
     """srjson_Print: cJSON's formatted output."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) or is_struct(value):
         depth += 1
+        members = value.items() if isinstance(value, dict) else value
         if not value:
             return "{\n" + "\t" * (depth - 1) + "}"
         inner = ",\n".join("\t" * depth + _string(str(k)) + ":\t" + pretty(v, depth)
-                           for k, v in value.items())
+                           for k, v in members)
         return "{\n" + inner + "\n" + "\t" * (depth - 1) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(pretty(v, depth + 1) for v in value) + "]"
@@ -446,6 +447,11 @@ def pretty(value, depth=0):
     if value is None:
         return "null"
     return number(value)
+
+
+def is_struct(value):
+    """A struct given as (name, value) pairs, which may repeat a name (rpc_commands.Struct)."""
+    return getattr(value, "struct_pairs", False)
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n",

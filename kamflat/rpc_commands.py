@@ -29,6 +29,13 @@ class RpcFault(Exception):
         self.message = message
 
 
+class Struct(list):
+    """A struct whose member names may repeat (pv.shvGet's "shv" items): a list of
+    (name, value) pairs. Plain dicts serve every other struct."""
+
+    struct_pairs = True     # what the JSON and binrpc encoders look for
+
+
 @dataclass
 class Reply:
     values: list
@@ -51,12 +58,17 @@ class Params:
     def __init__(self, values, kind="json"):
         self._values = list(values)
         self._kind = kind
+        self._read = 0
+        # binrpc remembers a failed conversion; it becomes the reply if the
+        # method added nothing (kamcmd core.echo 2.5)
+        self.fault = None
 
     def __len__(self):
         return len(self._values)
 
     def _next(self):
-        return self._values.pop(0) if self._values else None
+        self._read += 1
+        return self._values.pop(0)
 
     def string(self, autoconvert=False):
         """'s' (or '.s' with autoconvert): a string, or a number made one."""
@@ -71,23 +83,29 @@ class Params:
                 # int2str(SRJSON_GET_ULONG(node)): the double cast to unsigned long
                 return str(int(float(value)) % 2 ** 64)
             return str(value)
-        if (autoconvert and self._kind == "json" and isinstance(value, float)
-                and value == value and abs(value) != float("inf")):
-            self._next()
-            return str(int(value) % 2 ** 64)
+        if autoconvert and isinstance(value, float):
+            if self._kind == "binrpc":
+                self.fault = (400, "error at parameter %d: expected float type but "
+                              "bug -- internal error" % self._read)
+            elif value == value and abs(value) != float("inf"):
+                self._next()
+                return str(int(value) % 2 ** 64)
         return None
 
     def integer(self):
-        """'d': an int (json: any number, truncated like a C cast)."""
+        """'d': an int. jsonrpcs takes any node's number value without a type check
+        (a string reads as 0, true as 1); binrpc wants an int record."""
         if not self._values:
             return None
         value = self._values[0]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        if self._kind == "binrpc" and isinstance(value, float):
-            return None
+        if self._kind == "binrpc":
+            if isinstance(value, float) or not isinstance(value, int):
+                return None
+            return self._next()
         self._next()
-        return int(value)
+        if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+            return int(value)
+        return 0
 
 
 @dataclass(frozen=True)
@@ -137,16 +155,17 @@ class RpcCommands:
             ("core.ps", self.ps, "Returns the description of running processes.", True),
             ("core.psx", self.psx, "Returns the detailed description of running processes.",
              True),
-            ("core.psa", self.psa, "Returns the full attributes of running processes.", True),
+            ("core.psa", self.psa, "Return all the attributes of running processes.", True),
             ("core.pwd", self.pwd, "Returns the working directory of server.", True),
             ("core.arg", self.arg, "Returns the list of command line arguments used on startup.",
              True),
             ("core.kill", self.kill, "Sends the given signal to server.", False),
-            ("cfg.get", self.cfg_get, "Get the value of a configuration variable.", False),
-            ("cfg.seti", self.cfg_seti, "Set the value of an integer configuration variable.",
+            ("cfg.get", self.cfg_get, "Get the value of a configuration variable", False),
+            ("cfg.seti", self.cfg_seti,
+             "Set the value of a configuration variable and commit the change immediately",
              False),
             ("cfg.set_now_int", self.cfg_seti,
-             "Set the value of a configuration variable and commit the change immediately.",
+             "Set the value of a configuration variable and commit the change immediately",
              False),
             ("stats.get_statistics", self.get_statistics, "get core and modules stats", True),
             ("stats.reset_statistics", self.reset_statistics,
@@ -155,7 +174,7 @@ class RpcCommands:
              "clear core and modules stats (verbose operation)", False),
             ("pv.shvSet", self.shv_set, "Set a shared variable (args: name type value)", False),
             ("pv.shvGet", self.shv_get, "Get the value of a shared variable. If no argument, "
-             "dumps all", True),
+             "dumps all", False),
             ("flatstore.rotate", self.rotate,
              "Close and reopen flatrotate files during log rotation.", False),
             ("flatstore.k_rotate", self.rotate,
@@ -169,13 +188,15 @@ class RpcCommands:
     def call(self, method, params):
         """Run `method` (a Method) with `params` (a Params). Returns a Reply or
         raises RpcFault."""
-        values = method.handler(params)
-        return Reply(list(values or ()), method.array)
+        values = list(method.handler(params) or ())
+        if not values and params.fault:
+            raise RpcFault(*params.fault)
+        return Reply(values, method.array)
 
     # -- system
 
     def list_methods(self, params):
-        return list(self.methods)
+        return sorted(self.methods)       # Kamailio 5.6 lists them sorted
 
     def method_signature(self, params):
         raise RpcFault(500, "Not Implemented Yet")
@@ -250,10 +271,10 @@ class RpcCommands:
 
     # -- kex statistics
 
-    def _specs(self, params):
+    def _specs(self, params, missing="Please provide which stats to retrieve"):
         first = params.string()
         if first is None:
-            raise RpcFault(400, "Please provide which stats to retrieve")
+            raise RpcFault(400, missing)
         specs = [first]
         while (spec := params.string()) is not None:
             specs.append(spec)
@@ -274,7 +295,7 @@ class RpcCommands:
     def _reset(self, params):
         statistics = self.management.statistics
         lines = []
-        for spec in self._specs(params):
+        for spec in self._specs(params, "Please provide stats name"):
             for stat in select_statistics(statistics.snapshot(), spec):
                 statistics.reset(stat.group, stat.name)
                 lines.append(stat_line(replace(stat, value=0), old=stat.value))
@@ -284,27 +305,37 @@ class RpcCommands:
 
     def shv_set(self, params):
         name, kind = params.string(), params.string()
-        if name is None or kind not in ("int", "str"):
-            raise RpcFault(500, "Invalid parameters (name type value)")
+        if name is None or kind is None:
+            raise RpcFault(500, "Missing parameter (Parameters: varname type value)")
         if kind == "int":
             value = params.integer()
             if value is None:
-                raise RpcFault(500, "Invalid int value")
-        else:
-            value = params.string(autoconvert=True)
+                raise RpcFault(500, "Missing integer parameter value "
+                               "(Parameters: varname type value)")
+        elif kind == "str":
+            value = params.string()
             if value is None:
-                raise RpcFault(500, "Invalid str value")
+                raise RpcFault(500, "Missing parameter value (Parameters: varname type value)")
+        else:
+            raise RpcFault(500, "Unknown parameter type (Types: int or str)")
+        if name not in self.management.shv:       # pv.shvSet only changes existing ones
+            raise RpcFault(404, "Variable not found")
         self.management.shv[name] = value
         return ["Ok. Variable set to new value."]
 
     def shv_get(self, params):
-        name = params.string()
         shv = self.management.shv
-        names = [name] if name is not None else list(shv)
-        if name is not None and name not in shv:
+
+        def item(n):
+            return {"name": n, "type": "string" if isinstance(shv[n], str) else "int",
+                    "value": shv[n]}
+        name = params.string()
+        if name is None:
+            # newest first: Kamailio keeps its shared variables in a prepend list
+            return [{"items": Struct(("shv", item(n)) for n in reversed(list(shv)))}]
+        if name not in shv:
             raise RpcFault(404, "Variable not found")
-        return [{"name": n, "type": "string" if isinstance(shv[n], str) else "int",
-                 "value": shv[n]} for n in names]
+        return [item(name)]
 
     # -- db_flatstore
 

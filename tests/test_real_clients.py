@@ -185,3 +185,150 @@ def test_kamcmd_structs_and_statistics(ctl):
     assert {"core.psx", "core.psa", "flatstore.k_rotate", "stats.get_statistics"} <= set(listed)
     assert kamcmd(address, "system.methodHelp", "flatstore.k_rotate").stdout == \
         "Close and reopen flatrotate files during log rotation.\n"
+
+
+# -- the same requests to a real Kamailio 5.6 and to kamflat: same answers
+
+KAMAILIO = "/usr/sbin/kamailio"
+MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+needs_kamailio = pytest.mark.skipif(
+    not (os.path.exists(KAMAILIO) and os.path.isdir(MODULES) and KAMCMD),
+    reason="Kamailio 5.6 (Debian package kamailio) not installed")
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+listen=udp:127.0.0.1:{port}
+disable_tcp=yes
+run_dir="{dir}"
+mpath="{modules}/"
+loadmodule "sl.so"
+loadmodule "kex.so"
+loadmodule "ctl.so"
+loadmodule "jsonrpcs.so"
+loadmodule "db_flatstore.so"
+loadmodule "pv.so"
+loadmodule "cfg_rpc.so"
+modparam("jsonrpcs", "transport", 2)
+modparam("jsonrpcs", "fifo_name", "{dir}/kamailio_rpc.fifo")
+modparam("ctl", "binrpc", "unixs:{dir}/kamailio_ctl")
+modparam("pv", "shvset", "one=i:1")
+modparam("pv", "shvset", "two=s:abc")
+request_route {{
+    sl_send_reply("200", "OK");
+}}
+"""
+
+
+def free_udp_port():
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """(kamailio fifo, kamailio ctl, kamflat fifo, kamflat ctl) serving the same things."""
+    from conftest import wait_until
+    kdir = tmp_path_factory.mktemp("kamailio")
+    cfg = kdir / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.format(port=free_udp_port(), dir=kdir, modules=MODULES))
+    log = open(kdir / "kamailio.log", "w")
+    proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-f", str(cfg)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    fdir = tmp_path_factory.mktemp("kamflat")
+    management = make_management()
+    management.debug = 2
+    management.shv.update(one=1, two="abc")
+    finish_fifo = serve(JsonRpcFifoServer(str(fdir / "rpc.fifo"), management=management))
+    finish_ctl = serve(CtlServer("unixs:%s/ctl" % fdir, management=management))
+    try:
+        wait_until(lambda: (kdir / "kamailio_ctl").exists() and
+                   (kdir / "kamailio_rpc.fifo").exists() or proc.poll() is not None,
+                   timeout=15, what="Kamailio to start")
+        assert proc.poll() is None, (kdir / "kamailio.log").read_text()
+        yield (str(kdir / "kamailio_rpc.fifo"), "unixs:%s/kamailio_ctl" % kdir,
+               str(fdir / "rpc.fifo"), "unixs:%s/ctl" % fdir)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
+        log.close()
+        finish_fifo()
+        finish_ctl()
+
+
+KAMCMD_SAME = [
+    ["core.echo", "a", "5", "2.5", "b"], ["core.echo", "2.5"], ["core.echo", "-3", "s:7"],
+    ["no.such.method"], ["system.methodHelp"], ["system.methodHelp", "nosuch"],
+    ["system.methodSignature"], ["stats.get_statistics"], ["stats.get_statistics", "nosuch"],
+    ["stats.reset_statistics", "nosuch"], ["stats.clear_statistics"],
+    ["pv.shvGet"], ["pv.shvGet", "one"], ["pv.shvGet", "nosuch"],
+    ["pv.shvSet", "nosuch", "int", "1"], ["pv.shvSet", "x", "bad", "1"],
+    ["pv.shvSet", "five", "int", "abc"], ["pv.shvSet", "two", "str", "hello"],
+    ["pv.shvSet", "one", "int", "5"], ["pv.shvGet"],
+    ["cfg.get", "core", "debug"], ["cfg.get", "core", "nosuch"],
+    ["cfg.seti", "core", "debug", "3"], ["cfg.get", "core", "debug"],
+    ["cfg.seti", "core", "debug", "2"],
+]
+
+
+@needs_kamailio
+def test_kamcmd_same_output_as_kamailio(both):
+    _kfifo, kctl, _ffifo, fctl = both
+    methods = kamcmd(fctl, "system.listMethods").stdout.split()
+    commands = KAMCMD_SAME + [["system.methodHelp", m] for m in methods]
+    for args in commands:
+        theirs, mine = kamcmd(kctl, *args), kamcmd(fctl, *args)
+        assert (mine.returncode, mine.stdout, mine.stderr) == \
+            (theirs.returncode, theirs.stdout, theirs.stderr), args
+
+
+JSONRPC_SAME = [
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": ["x"], "reply_name": "R", "id": %s}'
+    % ident for ident in ('1.5', '-7', 'null', '"s"', 'true', 'false', '[1]', '{"a": 1}',
+                          '1e3', '2147483648', '0.000001')
+] + [
+    '{"jsonrpc": "2.0", "method": "core.echo", "reply_name": "R"}',
+    '{"jsonrpc": "2.0", "reply_name": "R", "id": 3}',
+    '{"jsonrpc": "2.0", "method": "nope", "reply_name": "R", "id": 3}',
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": {"b": "x", "a": 7}, '
+    '"reply_name": "R", "id": 3}',
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": ["q\\"b\\\\c\\n\\t\\u0001/\\u00fc",'
+    ' -3, 3.9, 0], "reply_name": "R", "id": 3}',
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": [true, "x"], "reply_name": "R"}',
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": "x", "reply_name": "R", "id": 1}',
+    '{"Jsonrpc": "2.0", "METHOD": "core.echo", "params": ["a"], "Reply_Name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "stats.get_statistics", "params": ["nosuch"], '
+    '"reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "stats.clear_statistics", "reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "pv.shvGet", "reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "pv.shvGet", "params": ["two"], "reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "pv.shvSet", "params": ["one", "int", "7"], '
+    '"reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "pv.shvGet", "params": ["one"], "reply_name": "R", "id": 1}',
+    '{"jsonrpc": "2.0", "method": "cfg.get", "params": ["core", "debug"], "reply_name": "R"}',
+    '{"jsonrpc": "2.0", "method": "system.methodHelp", "params": [5], "reply_name": "R"}',
+    '{"jsonrpc": "2.0", "method": "flatstore.k_rotate", "params": [1, 2], "reply_name": "R"}',
+]
+
+
+@needs_kamailio
+def test_jsonrpc_same_replies_as_kamailio(both):
+    from test_jsonrpc_fifo import TAG, ReplyFifo
+    kfifo, _kctl, ffifo, _fctl = both
+    name = "kfdiff" + TAG
+    for text in JSONRPC_SAME:
+        request = text.replace('"R"', '"%s"' % name).encode() + b"\n"
+        replies = []
+        for fifo in (kfifo, ffifo):
+            reply = ReplyFifo(name)
+            try:
+                fd = os.open(fifo, os.O_WRONLY)
+                os.write(fd, request)
+                os.close(fd)
+                replies.append(reply.read_reply())
+            finally:
+                reply.close()
+        assert replies[1] == replies[0], text
