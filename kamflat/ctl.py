@@ -13,12 +13,12 @@ import socket
 import stat
 
 from kamflat import binrpc
-from kamflat.jsonrpc_fifo import owner_ids
+from kamflat.jsonrpc_fifo import owner_ids, remove_if, serve_until
 from kamflat.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.ctl")
 
-POLL_INTERVAL = 0.05
+DEFAULT_ADDRESS = "unixs:/run/kamailio/kamailio_ctl"     # the ctl module's default
 MAX_PENDING_REPLY = 4 << 20     # a client that reads nothing is cut off past this
 
 
@@ -79,7 +79,8 @@ class _Client:
 class CtlServer:
     """binrpc over a socket: `open()`, `serve(stop_event)`, `close()`."""
 
-    def __init__(self, address, management=None, mode=0o600, user=None, group=None):
+    def __init__(self, address=None, management=None, mode=0o600, user=None, group=None):
+        address = address or DEFAULT_ADDRESS
         self.kind, self.target = parse_address(address)
         self.mode = mode
         self.user = user
@@ -117,11 +118,7 @@ class CtlServer:
 
     def _open_unix(self):
         path = self.target
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)            # stale socket of a previous run
-        except FileNotFoundError:
-            pass
+        remove_if(path, stat.S_ISSOCK)     # a stale socket of a previous run
         kind = socket.SOCK_STREAM if self.kind == "unix" else socket.SOCK_DGRAM
         self._listener = socket.socket(socket.AF_UNIX, kind)
         self._listener.bind(path)
@@ -141,16 +138,11 @@ class CtlServer:
             self._listener.close()
             self._listener = None
             if self.kind in ("unix", "unixd"):
-                try:
-                    if stat.S_ISSOCK(os.lstat(self.target).st_mode):
-                        os.unlink(self.target)
-                except FileNotFoundError:
-                    pass
+                remove_if(self.target, stat.S_ISSOCK)
 
     def serve(self, stop_event):
         """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
-        while not stop_event.is_set():
-            self.serve_once(POLL_INTERVAL)
+        serve_until(stop_event, self.serve_once, log)
 
     def serve_once(self, timeout):
         for key, mask in self._selector.select(timeout):

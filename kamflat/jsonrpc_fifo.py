@@ -68,10 +68,10 @@ class JsonRpcFifoServer:
                  reply_dir="/tmp/", management=None, *, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
-        self.fifo_mode = fifo_mode
+        self.fifo_mode = 0o660 if fifo_mode is None else fifo_mode
         self.fifo_user = fifo_user
         self.fifo_group = fifo_group
-        self.reply_dir = reply_dir
+        self.reply_dir = reply_dir or "/tmp/"
         self.commands = RpcCommands(management)
         self.idle_timeout = idle_timeout
         self.reply_open_wait = reply_open_wait
@@ -119,16 +119,11 @@ class JsonRpcFifoServer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            try:
-                if stat.S_ISFIFO(os.lstat(self.fifo_name).st_mode):
-                    os.unlink(self.fifo_name)
-            except FileNotFoundError:
-                pass
+            remove_if(self.fifo_name, stat.S_ISFIFO)
 
     def serve(self, stop_event):
         """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
-        while not stop_event.is_set():
-            self.serve_once(POLL_INTERVAL)
+        serve_until(stop_event, self.serve_once, log)
 
     def serve_once(self, timeout):
         """One turn of the loop: wait up to `timeout` s for IO, then do what is due."""
@@ -286,6 +281,27 @@ def _fifo_problem(fd, path):
     if (lst.st_dev, lst.st_ino) != (fst.st_dev, fst.st_ino):
         return "inode/dev number differ (%s)" % path
     return None
+
+
+def serve_until(stop_event, serve_once, logger):
+    """A transport's main loop: `serve_once(timeout)` until `stop_event` is set.
+    An unexpected error in one turn is logged and the loop goes on, so one bad
+    request cannot stop the transport for every other client."""
+    while not stop_event.is_set():
+        try:
+            serve_once(POLL_INTERVAL)
+        except Exception:
+            logger.exception("unexpected error; continuing")
+            time.sleep(POLL_INTERVAL)
+
+
+def remove_if(path, is_kind):
+    """Unlink `path` if it is (still) of the kind this server created."""
+    try:
+        if is_kind(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def owner_ids(user, group):
