@@ -51,8 +51,9 @@ def fifo_from_config(path):
     config = load_config(path)
     name = config.param("jsonrpcs", "fifo_name") or "kamailio_rpc.fifo"
     reply_dir = config.param("jsonrpcs", "fifo_reply_dir") or "/tmp/"
-    if not os.path.isabs(name):
-        name = os.path.join(RUN_DIR, name)
+    if not os.path.isabs(name):       # Kamailio puts a relative fifo_name under run_dir
+        run_dir = getattr(config, "globals", {}).get("run_dir") or RUN_DIR
+        name = os.path.join(str(run_dir), name)
     return name, reply_dir
 
 

@@ -373,3 +373,20 @@ def test_kamflat_rpc_cli(server, tmp_path):
     os.mkfifo(unserved)
     idle = run_kamflat("rpc", "--fifo", str(unserved), "core.version")
     assert idle.returncode == 2 and "nothing is reading" in idle.stderr
+
+
+@pytest.mark.parametrize("fifo_name", ["ABS", "rpc.fifo"])
+def test_kamflat_rpc_reads_the_fifo_from_the_config(server, tmp_path, fifo_name):
+    pytest.importorskip("kamflat.config", reason="kamflat.config not merged yet")
+    run_dir = os.path.dirname(server.path)
+    name = server.path if fifo_name == "ABS" else os.path.basename(server.path)
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text('#!KAMAILIO\nrun_dir="%s"\nloadmodule "jsonrpcs.so"\n'
+                   'modparam("jsonrpcs", "fifo_name", "%s")\n' % (run_dir, name))
+    result = run_kamflat("rpc", "-f", cfg, "core.version")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["result"].startswith("kamailio 5.6.3 ")
+    bad = tmp_path / "bad.cfg"
+    bad.write_text('modparam("jsonrpcs", "fifo_mode", "text")\n')
+    broken = run_kamflat("rpc", "-f", bad, "core.version")
+    assert broken.returncode == 2 and "bad.cfg" in broken.stderr
