@@ -121,10 +121,11 @@ def test_kamctl_missing_fifo_exits_2(tmp_path):
     assert "Error opening Kamailio's FIFO" in result.stdout + result.stderr
 
 
-@pytest.fixture(params=["unixs", "unix", "tcp", "udp"])
+@pytest.fixture(params=["unixs", "unix", "unixd", "tcp", "udp"])
 def ctl(request, tmp_path):
     management = make_management()
     address = {"unixs": "unixs:%s/ctl" % tmp_path, "unix": "unix:%s/ctl" % tmp_path,
+               "unixd": "unixd:%s/ctl" % tmp_path,
                "tcp": "tcp:127.0.0.1:0", "udp": "udp:127.0.0.1:0"}[request.param]
     server = CtlServer(address, management=management)
     finish = serve(server)
