@@ -89,15 +89,20 @@ def start_kamailio(workdir):
     return str(fifo), "unixs:%s" % ctl, stop
 
 
-def read_to_eof(fd):
+def read_to_eof(fd, timeout=10.0):
     got = b""
-    while True:
-        select.select([fd], [], [], 5)
-        chunk = os.read(fd, 65536)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        select.select([fd], [], [], 0.5)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:       # a writer is connected, nothing written yet
+            continue
         if chunk:
             got += chunk
         elif got:
             return got
+    raise RuntimeError("no complete reply within %.0fs (got %r)" % (timeout, got))
 
 
 def send(fifo, data):

@@ -34,7 +34,7 @@ the requests that follow any of these):
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_DOCUMENT = 8190        # bytes per document, leftover leading blanks included
 KEEP_BYTES = 512           # head/tail of a skipped document kept for reply_name/id
