@@ -411,10 +411,11 @@ def error_object(code, message):
     return {"code": code, "message": ERROR_MESSAGES.get(code, message or "Unexpected Error")}
 
 
-def encode_reply(result=None, error=None, id=None, has_id=False):
+def encode_reply(result=None, error=None, id=None, has_id=False, formatted=True):
     """The reply document exactly as jsonrpcs prints it (bytes, no trailing newline).
 
     Give either `result` (any JSON value) or `error` (a dict from `error_object`).
+    `formatted=False` is jsonrpcs' `pretty_format 0` (srjson_PrintUnformatted).
     """
     reply = {"jsonrpc": "2.0"}
     if error is not None:
@@ -423,7 +424,7 @@ def encode_reply(result=None, error=None, id=None, has_id=False):
         reply["result"] = {} if result is None else result
     if has_id:
         reply["id"] = id
-    return pretty(reply).encode("utf-8")
+    return (pretty(reply) if formatted else compact(reply)).encode("utf-8")
 
 
 def pretty(value, depth=0):
@@ -438,6 +439,20 @@ def pretty(value, depth=0):
         return "{\n" + inner + "\n" + "\t" * (depth - 1) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(pretty(v, depth + 1) for v in value) + "]"
+    return _scalar(value)
+
+
+def compact(value):
+    """srjson_PrintUnformatted: no blanks at all."""
+    if isinstance(value, dict) or is_struct(value):
+        members = value.items() if isinstance(value, dict) else value
+        return "{" + ",".join(_string(str(k)) + ":" + compact(v) for k, v in members) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(compact(v) for v in value) + "]"
+    return _scalar(value)
+
+
+def _scalar(value):
     if isinstance(value, str):
         return _string(value)
     if value is True:

@@ -27,9 +27,9 @@ log = logging.getLogger("kamflat.jsonrpc")
 POLL_INTERVAL = 0.05
 
 
-def answer(request, commands):
+def answer(request, commands, formatted=True):
     """Run one valid request. Returns (reply bytes, error line to log or None)."""
-    ident = dict(id=request.id, has_id=request.has_id)
+    ident = dict(id=request.id, has_id=request.has_id, formatted=formatted)
     if request.method is None:
         return jsonrpc.encode_reply(result={}, **ident), "missing jsonrpc method field in request"
     method = commands.lookup(request.method)
@@ -65,13 +65,14 @@ class JsonRpcFifoServer:
     """jsonrpcs' FIFO transport: `open()`, `serve(stop_event)`, `close()`."""
 
     def __init__(self, fifo_name, fifo_mode=0o660, fifo_user=None, fifo_group=None,
-                 reply_dir="/tmp/", management=None, *, idle_timeout=1.0,
+                 reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
         self.fifo_mode = 0o660 if fifo_mode is None else fifo_mode
         self.fifo_user = fifo_user
         self.fifo_group = fifo_group
         self.reply_dir = reply_dir or "/tmp/"
+        self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
         self.idle_timeout = idle_timeout
         self.reply_open_wait = reply_open_wait
@@ -169,7 +170,7 @@ class JsonRpcFifoServer:
             return
 
         def run():
-            reply, problem = answer(request, self.commands)
+            reply, problem = answer(request, self.commands, self.formatted)
             if problem:
                 log.error("jsonrpc fifo: %s", problem)
             return reply
@@ -188,7 +189,8 @@ class JsonRpcFifoServer:
         if jsonrpc.check_reply_name(reply_name, self.reply_dir):
             return
         reply = jsonrpc.encode_reply(error=jsonrpc.error_object(*error),
-                                     id=jsonrpc.reply_id(ident), has_id=has_id)
+                                     id=jsonrpc.reply_id(ident), has_id=has_id,
+                                     formatted=self.formatted)
         self._add_job(reply_name, lambda: reply)
 
     # -- replying

@@ -201,3 +201,21 @@ def test_error_object_uses_table_text_for_table_codes():
     assert jsonrpc.error_object(500, "Method Not Found") == {"code": 500,
                                                             "message": "Method Not Found"}
     assert jsonrpc.error_object(500, None)["message"] == "Unexpected Error"
+
+
+def test_pretty_format_0_is_compact():
+    """modparam("jsonrpcs", "pretty_format", 0), bytes as a live Kamailio 5.6.3 sent them."""
+    from kamflat.rpc_commands import Struct
+    assert jsonrpc.encode_reply(result={}, id=4438, has_id=True, formatted=False) == \
+        b'{"jsonrpc":"2.0","result":{},"id":4438}'
+    assert jsonrpc.encode_reply(error=jsonrpc.error_object(500, "Method Not Found"), id=4395,
+                                has_id=True, formatted=False) == \
+        b'{"jsonrpc":"2.0","error":{"code":500,"message":"Method Not Found"},"id":4395}'
+    items = Struct([("shv", {"name": "two", "type": "string", "value": "abc"}),
+                    ("shv", {"name": "one", "type": "int", "value": 1})])
+    assert jsonrpc.encode_reply(result={"items": items}, id=4309, has_id=True,
+                                formatted=False) == (
+        b'{"jsonrpc":"2.0","result":{"items":{"shv":{"name":"two","type":"string",'
+        b'"value":"abc"},"shv":{"name":"one","type":"int","value":1}}},"id":4309}')
+    assert jsonrpc.encode_reply(result=["a", "1"], formatted=False) == \
+        b'{"jsonrpc":"2.0","result":["a","1"]}'
