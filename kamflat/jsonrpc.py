@@ -340,7 +340,8 @@ class _Pairs(list):
 def parse_request(data, reply_dir="/tmp/"):
     """Validate one document as jsonrpcs does. Returns Request or Invalid."""
     try:
-        root = json.loads(data, object_pairs_hook=_Pairs)
+        # strict=False: srjson takes raw control characters inside strings
+        root = json.loads(data, object_pairs_hook=_Pairs, strict=False)
     except (ValueError, RecursionError) as exc:
         name, ident, has_id = recover_reply_target(data)
         return Invalid("invalid JSON document: %s" % exc, name, ident, has_id,

@@ -312,6 +312,7 @@ JSONRPC_SAME = [
     '{"jsonrpc": "2.0", "method": "cfg.get", "params": ["core", "debug"], "reply_name": "R"}',
     '{"jsonrpc": "2.0", "method": "system.methodHelp", "params": [5], "reply_name": "R"}',
     '{"jsonrpc": "2.0", "method": "flatstore.k_rotate", "params": [1, 2], "reply_name": "R"}',
+    '{"jsonrpc": "2.0", "method": "core.echo", "params": ["raw\ttab\nline"], "reply_name": "R"}',
 ]
 
 
