@@ -334,3 +334,45 @@ def test_jsonrpc_same_replies_as_kamailio(both):
             finally:
                 reply.close()
         assert replies[1] == replies[0], text
+
+
+# -- a rotation by each client moves the following records into new files
+
+@pytest.mark.parametrize("client", ["kamctl", "kamcmd", "kamflat rpc"])
+def test_rotation_by_each_client_reopens_the_files(tmp_path, client):
+    flatstore = pytest.importorskip("kamflat.flatstore", reason="kamflat.flatstore not merged")
+    if {"kamctl": KAMCTL, "kamcmd": KAMCMD}.get(client, True) is None:
+        pytest.skip("%s not installed" % client)
+    from conftest import run_kamflat
+    counter = flatstore.RotationCounter()
+    acc = tmp_path / "acc"
+    acc.mkdir()
+    writer = flatstore.connect("flatstore:%s" % acc, rank=1, rotation=counter)
+    writer.use_table("acc")
+    management = make_management()
+    management._rotate = lambda: (counter.advance(), [])[1]
+    fifo = tmp_path / "kamailio_rpc.fifo"
+    finish_fifo = serve(JsonRpcFifoServer(str(fifo), management=management))
+    ctl = CtlServer("unixs:%s/ctl" % tmp_path, management=management)
+    finish_ctl = serve(ctl)
+    try:
+        writer.insert(None, ["INVITE", "before"])
+        os.rename(acc / "acc_129.log", acc / "acc_129.log.1")     # what logrotate does
+        if client == "kamctl":
+            home = tmp_path / "home"
+            home.mkdir()
+            (home / ".kamctlrc").write_text('RPCFIFOPATH="%s"\n' % fifo)
+            result = kamctl(home, "rpc", "flatstore.k_rotate")
+        elif client == "kamcmd":
+            result = kamcmd(ctl.address, "flatstore.rotate")
+        else:
+            result = run_kamflat("rpc", "--fifo", fifo, "flatstore.k_rotate")
+        assert result.returncode == 0, result.stderr
+        writer.insert(None, ["INVITE", "after"])
+        assert (acc / "acc_129.log.1").read_text() == "INVITE|before\n"
+        assert (acc / "acc_129.log").read_text() == "INVITE|after\n"
+    finally:
+        writer.close()
+        finish_fifo()
+        finish_ctl()
+        counter.close()
