@@ -11,6 +11,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 
 from kamflat import binrpc
 from kamflat.jsonrpc_fifo import owner_ids, remove_if, serve_until
@@ -19,6 +20,7 @@ from kamflat.rpc_commands import Params, RpcCommands, RpcFault
 log = logging.getLogger("kamflat.ctl")
 
 DEFAULT_ADDRESS = "unixs:/run/kamailio/kamailio_ctl"     # the ctl module's default
+ACCEPT_PAUSE = 0.1          # seconds without accepting after accept() failed
 MAX_PENDING_REPLY = 4 << 20     # a client that reads nothing is cut off past this
 
 
@@ -90,6 +92,7 @@ class CtlServer:
         self._listener = None
         self._selector = None
         self._clients = {}
+        self._accept_paused_until = None
 
     def open(self):
         """Create and bind the socket. Raises OSError naming the address."""
@@ -145,6 +148,9 @@ class CtlServer:
         serve_until(stop_event, self.serve_once, log)
 
     def serve_once(self, timeout):
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._selector.register(self._listener, selectors.EVENT_READ, None)
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_listener()
@@ -168,8 +174,12 @@ class CtlServer:
                 sock, _peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:          # e.g. EMFILE: log and keep serving the others
+            except OSError as exc:
+                # e.g. EMFILE: stop accepting for a moment (the listener would stay
+                # readable and spin the loop) and keep serving the connected clients
                 log.error("ctl: accept on %s failed: %s", self.address, exc)
+                self._selector.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             client = _Client(sock)

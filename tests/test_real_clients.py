@@ -376,3 +376,38 @@ def test_rotation_by_each_client_reopens_the_files(tmp_path, client):
         finish_fifo()
         finish_ctl()
         counter.close()
+
+
+def test_ctl_survives_running_out_of_descriptors(tmp_path, caplog):
+    """accept() failing (EMFILE) pauses accepting; connected clients are still served."""
+    import resource
+    import socket
+    management = make_management()
+    server = CtlServer("unixs:%s/ctl" % tmp_path, management=management)
+    finish = serve(server)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        first = socket.socket(socket.AF_UNIX)
+        first.connect(str(tmp_path / "ctl"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        try:
+            while True:
+                sock = socket.socket(socket.AF_UNIX)
+                held.append(sock)
+                sock.connect(str(tmp_path / "ctl"))
+        except OSError:
+            pass        # this process is out of descriptors now, the server too
+        from kamflat import binrpc
+        from conftest import wait_until
+        wait_until(lambda: "accept on" in caplog.text, timeout=5, what="accept() to fail")
+        request = binrpc.encode_body(["core.version"])
+        first.sendall(binrpc.encode_packet(binrpc.REQUEST, 9, request))
+        first.settimeout(5)
+        assert b"kamailio 5.6.3" in first.recv(4096)
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        first.close()
+        finish()
