@@ -388,8 +388,13 @@ def test_ctl_survives_running_out_of_descriptors(tmp_path, caplog):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
     try:
+        from kamflat import binrpc
+        request = binrpc.encode_packet(binrpc.REQUEST, 9, binrpc.encode_body(["core.version"]))
         first = socket.socket(socket.AF_UNIX)
+        first.settimeout(5)
         first.connect(str(tmp_path / "ctl"))
+        first.sendall(request)
+        assert b"kamailio 5.6.3" in first.recv(4096)     # accepted: served from now on
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
         try:
             while True:
@@ -398,12 +403,9 @@ def test_ctl_survives_running_out_of_descriptors(tmp_path, caplog):
                 sock.connect(str(tmp_path / "ctl"))
         except OSError:
             pass        # this process is out of descriptors now, the server too
-        from kamflat import binrpc
         from conftest import wait_until
         wait_until(lambda: "accept on" in caplog.text, timeout=5, what="accept() to fail")
-        request = binrpc.encode_body(["core.version"])
-        first.sendall(binrpc.encode_packet(binrpc.REQUEST, 9, request))
-        first.settimeout(5)
+        first.sendall(request)
         assert b"kamailio 5.6.3" in first.recv(4096)
     finally:
         for sock in held:
