@@ -194,18 +194,35 @@ class Ingest:
     def dispatch(self):
         """Hand queued chunks to writers that have room, round robin."""
         while self.queue:
-            _sender, message = self.queue[0]
+            sender, message = self.queue[0]
             for attempt in range(len(self.writers)):
                 w = self.writers[(self.next_writer + attempt) % len(self.writers)]
                 try:
                     w.send(message)
                 except BlockingIOError:
                     continue
+                except OSError as exc:
+                    # Never expected (chunks are bounded by MAX_LINE); refuse the chunk's
+                    # lines by number rather than stop serving everyone.
+                    self.refuse_chunk(sender, message, "could not hand lines to a writer: %s"
+                                      % exc.strerror)
+                    break
                 self.next_writer = (self.next_writer + attempt + 1) % len(self.writers)
                 self.queue.popleft()
                 break
             else:
                 return      # every writer is full: wait until one has room
+
+    def refuse_chunk(self, sender, message, reason):
+        self.queue.popleft()
+        _, first_line = CHUNK_HEADER.unpack_from(message)
+        count = message.count(b"\n")
+        log.error("ingest: lines %d-%d: %s", first_line, first_line + count - 1, reason)
+        for line_no in range(first_line, first_line + count):
+            sender.error(line_no, reason)
+        self.state.add("ingest", "errors", count)
+        sender.outstanding -= 1
+        self.maybe_done(sender)
 
     def on_report(self, writer, events):
         if events & selectors.EVENT_READ:

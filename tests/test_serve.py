@@ -45,7 +45,8 @@ def test_records_spread_over_writers_and_land_once(tmp_path):
 
 def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
     lines = [acc_line(0), "not json", acc_line(1), '{"table": "../x", "values": []}',
-             '{"table": "acc", "values": [[1]]}', acc_line(2)]
+             '{"table": "acc", "values": [[1]]}', acc_line(2),
+             '{"table": "acc", "values": ["%s"]}' % ("x" * 200_000), acc_line(3)]
     with Server(tmp_path) as server:
         proc = subprocess.run(kamflat_argv("send", "--socket", server.ingest), env=kamflat_env(),
                               input="\n".join(lines) + "\n", capture_output=True, text=True,
@@ -53,9 +54,10 @@ def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
         assert proc.returncode == 1
         assert "line 2: not valid JSON" in proc.stderr
         assert "line 4: " in proc.stderr and "line 5: value 0" in proc.stderr
-        assert "sent 6 lines: 3 written, 3 refused" in proc.stderr
-        assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 3
-    check_exactly_once(server.records(), 3)
+        assert "line 7: line longer than 131072 bytes" in proc.stderr
+        assert "sent 8 lines: 4 written, 4 refused" in proc.stderr
+        assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 4
+    check_exactly_once(server.records(), 4)
 
 
 def test_config_error_starts_nothing(tmp_path):
