@@ -167,3 +167,13 @@ def test_directory_removed_and_restored_under_load(tmp_path):
     lines = [line for p in (saved, server.acc) for f in sorted(p.iterdir())
              for line in f.read_bytes().splitlines(keepends=True)]
     check_exactly_once(lines, 3000)
+
+
+def test_a_management_fifo_that_cannot_be_made_stops_the_start(tmp_path):
+    server = Server(tmp_path, extra='modparam("mi_fifo", "reply_dir", "%s/missing/")' % tmp_path)
+    proc = subprocess.run(kamflat_argv("serve", "-f", server.config), env=kamflat_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "kamflat could not start: " in proc.stderr and "/missing/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not server.ingest.exists()
