@@ -177,3 +177,28 @@ def test_a_management_fifo_that_cannot_be_made_stops_the_start(tmp_path):
     assert "kamflat could not start: " in proc.stderr and "/missing/" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not server.ingest.exists()
+
+
+def test_writer_killed_mid_stream_the_sender_learns_which_lines_may_be_lost(tmp_path):
+    total = 300_000
+    with Server(tmp_path, children=2, flush=1) as server:
+        result = {}
+        sender = threading.Thread(target=lambda: result.setdefault("r", send(
+            str(server.ingest), [acc_line(i) for i in range(total)], timeout=60)))
+        sender.start()
+        try:
+            wait_until(lambda: any(p.stat().st_size > 200_000 for p in server.acc.glob("*.log")),
+                       20, what="records on disk")
+            ps = server.mi("ps").decode()
+            os.kill(int(ps.split("ID=1 PID=")[1].split()[0]), signal.SIGKILL)
+        finally:
+            sender.join(90)
+        taken = result["r"]
+        assert not sender.is_alive() and taken.lines == total
+    uncertain = {line for line, message in taken.errors if "the writer died" in message}
+    assert taken.error_count == len(uncertain) and taken.written + len(uncertain) == total
+    seen = Counter(server.records())
+    assert max(seen.values()) == 1                       # nothing twice, nothing torn
+    assert all(line.endswith(b"\n") for line in seen)
+    missing = [i for i in range(total) if expected_line(i) not in seen]
+    assert set(i + 1 for i in missing) <= uncertain     # only reported lines may be gone
