@@ -3,7 +3,8 @@
 Compiles flatloop.c with gcc -O2, then alternates rounds of the C loop and kamflat's
 insert() writing the same acc records (same values, a new Call-ID and time() per record)
 into files in one temporary directory, for flush=1 and flush=0. Prints records/s for each
-and the median ratio kamflat/C. Both timings cover the loop and the final close.
+and the median ratio kamflat/C. All timings cover the loop and the final close. A naive
+Python loop runs in the same rounds as a second reference point.
 
     python3 benchmarks/bench_insert.py [--records N] [--rounds R] [--flatloop PATH]
 """
@@ -59,6 +60,21 @@ def run_kamflat(directory, records, flush):
     return records / (time.perf_counter() - start)
 
 
+def run_naive(path, records, flush):
+    """Reference point: the obvious Python loop (buffered text file, str() and join, no
+    escaping, flush() per record for flush=1)."""
+    now = time.time
+    start = time.perf_counter()
+    with open(path, "a") as f:
+        for i in range(records):
+            f.write("|".join(["INVITE", "as2f9a1c2e", "1928301774",
+                              "%d-3848276298220188511@127.0.0.1" % i, str(200), "OK",
+                              str(int(now())), "alice", "example.com", "bob"]) + "\n")
+            if flush:
+                f.flush()
+    return records / (time.perf_counter() - start)
+
+
 def same_records(c_path, kamflat_path):
     """The first lines must match byte for byte once the time column is blanked."""
     def first(path):
@@ -83,35 +99,42 @@ def main(argv=None):
         binary = compile_flatloop(source, workdir)
         c_path = os.path.join(workdir, "c_acc.log")
         kamflat_path = os.path.join(workdir, "acc_129.log")
+        naive_path = os.path.join(workdir, "naive_acc.log")
         print("flatloop: %s; %d records per run, %d rounds; python %s"
               % (source, args.records, args.rounds, sys.version.split()[0]))
         summary = []
         for flush in (1, 0):
-            c_rates, k_rates, ratios = [], [], []
+            rates = {"C": [], "kamflat": [], "naive": []}
+            ratios, naive_ratios = [], []
             for round_number in range(args.rounds):
-                for path in (c_path, kamflat_path):
+                for path in (c_path, kamflat_path, naive_path):
                     if os.path.exists(path):
                         os.unlink(path)
-                if round_number % 2 == 0:
-                    c_rate = run_c(binary, args.records, flush, c_path)
-                    k_rate = run_kamflat(workdir, args.records, flush)
-                else:
-                    k_rate = run_kamflat(workdir, args.records, flush)
-                    c_rate = run_c(binary, args.records, flush, c_path)
+                runs = [("C", lambda: run_c(binary, args.records, flush, c_path)),
+                        ("kamflat", lambda: run_kamflat(workdir, args.records, flush)),
+                        ("naive", lambda: run_naive(naive_path, args.records, flush))]
+                if round_number % 2:
+                    runs.reverse()   # alternate the order: neither side always goes first
+                rate = {name: run() for name, run in runs}
                 if round_number == 0 and not same_records(c_path, kamflat_path):
                     sys.exit("kamflat and flatloop.c wrote different records")
-                c_rates.append(c_rate)
-                k_rates.append(k_rate)
-                ratios.append(k_rate / c_rate)
-                print("flush=%d round %d: C %9.0f rec/s  kamflat %9.0f rec/s  ratio %.2f"
-                      % (flush, round_number + 1, c_rate, k_rate, k_rate / c_rate))
-            summary.append((flush, statistics.median(c_rates), statistics.median(k_rates),
-                            statistics.median(ratios)))
+                for name, value in rate.items():
+                    rates[name].append(value)
+                ratios.append(rate["kamflat"] / rate["C"])
+                naive_ratios.append(rate["naive"] / rate["C"])
+                print("flush=%d round %d: C %8.0f rec/s  kamflat %8.0f rec/s  ratio %.2f"
+                      "   (naive Python %8.0f rec/s, ratio %.2f)"
+                      % (flush, round_number + 1, rate["C"], rate["kamflat"], ratios[-1],
+                         rate["naive"], naive_ratios[-1]))
+            summary.append((flush, statistics.median(rates["C"]),
+                            statistics.median(rates["kamflat"]), statistics.median(ratios),
+                            statistics.median(naive_ratios)))
         print()
-        for flush, c_rate, k_rate, ratio in summary:
+        for flush, c_rate, k_rate, ratio, naive_ratio in summary:
             target = 0.6 if flush else 0.4
-            print("flush=%d median: C %9.0f rec/s  kamflat %9.0f rec/s  ratio %.2f "
-                  "(target >= %.1f)" % (flush, c_rate, k_rate, ratio, target))
+            print("flush=%d median: C %8.0f rec/s  kamflat %8.0f rec/s  ratio %.2f "
+                  "(target >= %.1f; naive Python loop %.2f)"
+                  % (flush, c_rate, k_rate, ratio, target, naive_ratio))
     finally:
         shutil.rmtree(workdir)
     return 0

@@ -10,7 +10,6 @@ the server is loaded.
     python benchmarks/bench_serve.py [--records 300000] [--rounds 3]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import stat
-import sys
 import time
 
 from kamflat import flatstore
@@ -85,8 +84,9 @@ class Arbiter:
             conn = flatstore.connect(s.db_url, rank=rank, flush=s.flush,
                                      encode_delimiter=s.encode_delimiter,
                                      encode_newlines=s.encode_newlines, rotation=self.rotation)
-            return Writer(rank, conn, self.state, data_sock=data_sock, control_sock=control_sock,
-                          udp_socks=self.udp_socks, sip_handler=s.sip_handler()).run()
+            return Writer(rank, conn, self.state, control_sock=control_sock,
+                          data_sock=data_sock if self.listener is not None else None,
+                          udp_socks=self.udp_socks, sip_handler=s.sip).run()
         return run
 
     def ingest_target(self, writer_socks):

@@ -12,6 +12,7 @@ COMMANDS = {
     "send": ("kamflat.send", "feed JSON-line records to a running server"),
     "check": ("kamflat.check", "read a Kamailio config and say what kamflat would run"),
     "fifo": ("kamflat.mi_client", "send one classic MI command over the MI FIFO (like kamctl fifo)"),
+    "rpc": ("kamflat.rpc_client", "JSON-RPC client for the jsonrpcs FIFO (like kamctl rpc)"),
     "cat": ("kamflat.cat", "print a table's records merged across its per-process files"),
     "follow": ("kamflat.follow", "print a table's records as they are written, across rotations"),
     "gen": ("kamflat.gen", "generate realistic acc records (to a server, a file or stdout)"),

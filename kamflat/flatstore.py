@@ -88,9 +88,11 @@ class RotationCounter:
     RotationCounter() is anonymous shared memory: create it before forking and every
     child sees the same number. RotationCounter(path) maps an 8-byte file (created if
     missing) so unrelated processes can share it. Readers only compare the 8 bytes with
-    the generation they last saw; `advance()` increments under a POSIX record lock on the
-    file (which excludes other processes, including forked children) plus a thread lock
-    (which excludes other threads of this process).
+    the generation they last saw (a read racing an advance may see a mix of old and new
+    bytes: that costs one extra reopen, never a missed rotation). `advance()` increments
+    under a POSIX record lock on the file (which excludes other processes, including
+    forked children) plus a thread lock (which excludes other threads of this process).
+    Close the counter only after the connections that use it.
     """
     SIZE = 8
     _FORMAT = struct.Struct("<Q")
@@ -140,7 +142,8 @@ class RotationCounter:
             self._fd = None
 
     def __repr__(self):
-        return "RotationCounter(%r, value=%d)" % (self.path, self.value)
+        state = "closed" if self._fd is None else "value=%d" % self.value
+        return "RotationCounter(%r, %s)" % (self.path, state)
 
 
 # ---- one table file --------------------------------------------------------------------

@@ -13,7 +13,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import time
 
 from kamflat import ingestwire
@@ -59,6 +58,11 @@ class Ingest:
         self.senders = {}                      # connection id -> Sender
         self.by_fd = {}                        # socket fd -> Sender
         self.queue = collections.deque()      # chunks waiting for a writer with room
+        # Per writer: chunks handed over and not yet taken, and the one it holds. A writer
+        # takes one chunk at a time, so when a restarted writer says hello, the chunk its
+        # predecessor held is the only one that may be lost.
+        self.handed = {w.fileno(): collections.deque() for w in self.writers}
+        self.held = {}
         self.next_writer = 0
         self.counter = 0
         self.stopping = False
@@ -195,18 +199,36 @@ class Ingest:
     def dispatch(self):
         """Hand queued chunks to writers that have room, round robin."""
         while self.queue:
-            _sender, message = self.queue[0]
+            sender, message = self.queue[0]
             for attempt in range(len(self.writers)):
                 w = self.writers[(self.next_writer + attempt) % len(self.writers)]
                 try:
                     w.send(message)
                 except BlockingIOError:
                     continue
+                except OSError as exc:
+                    # Never expected (chunks are bounded by MAX_LINE); refuse the chunk's
+                    # lines by number rather than stop serving everyone.
+                    self.queue.popleft()
+                    self.refuse_chunk(sender, message, "could not hand lines to a writer: %s"
+                                      % exc.strerror)
+                    break
                 self.next_writer = (self.next_writer + attempt + 1) % len(self.writers)
                 self.queue.popleft()
+                self.handed[w.fileno()].append((sender, message))
                 break
             else:
                 return      # every writer is full: wait until one has room
+
+    def refuse_chunk(self, sender, message, reason):
+        _, first_line = CHUNK_HEADER.unpack_from(message)
+        count = message.count(b"\n")
+        log.error("ingest: lines %d-%d: %s", first_line, first_line + count - 1, reason)
+        for line_no in range(first_line, first_line + count):
+            sender.error(line_no, reason)
+        self.state.add("ingest", "errors", count)
+        sender.outstanding -= 1
+        self.maybe_done(sender)
 
     def on_report(self, writer, events):
         if events & selectors.EVENT_READ:
@@ -215,9 +237,20 @@ class Ingest:
                     message = writer.recv(1 << 21)
                 except BlockingIOError:
                     break
-                self.take_report(json.loads(message))
+                self.take_report(writer.fileno(), json.loads(message))
 
-    def take_report(self, report):
+    def take_report(self, fd, report):
+        if "taken" in report:            # the writer took its next chunk
+            if self.handed[fd]:          # (else: handed over by an ingest that has died)
+                self.held[fd] = self.handed[fd].popleft()
+            return
+        if "hello" in report:            # a (re)started writer: its predecessor's chunk is gone
+            lost = self.held.pop(fd, None)
+            if lost is not None and lost[0].id in self.senders:
+                self.refuse_chunk(*lost, "the writer died while writing these lines; "
+                                         "some of them may be in the file")
+            return
+        self.held.pop(fd, None)
         sender = self.senders.get(report["c"])
         if sender is None:
             return          # the sender went away; the records are written all the same

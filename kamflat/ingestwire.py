@@ -25,7 +25,10 @@ import json
 
 from kamflat import record
 
-MAX_LINE = 1 << 20  # a longer line is refused rather than buffered without end
+# A longer line is refused rather than buffered without end. It also bounds the chunks
+# handed to writers (64 KiB of reading plus one unfinished line), which must fit a unix
+# socket's send buffer (425,984 bytes with Linux's default net.core.wmem_max).
+MAX_LINE = 128 * 1024
 
 
 class IngestError(ValueError):

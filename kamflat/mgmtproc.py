@@ -35,11 +35,13 @@ def build_servers(cfg, management):
             fifo_user=cfg.param("jsonrpcs", "fifo_user"),
             fifo_group=cfg.param("jsonrpcs", "fifo_group"),
             reply_dir=cfg.param("jsonrpcs", "fifo_reply_dir"),
-            management=management))
+            management=management, pretty_format=cfg.param("jsonrpcs", "pretty_format")))
     if cfg.has_module("ctl"):
         from kamflat.ctl import CtlServer
         for address in cfg.param_values("ctl", "binrpc"):
-            servers.append(CtlServer(address, management=management))
+            servers.append(CtlServer(address, management=management,
+                                     mode=cfg.param("ctl", "mode"), user=cfg.param("ctl", "user"),
+                                     group=cfg.param("ctl", "group")))
     return servers
 
 

@@ -116,7 +116,8 @@ EMULATED = {
         "rotate_timeout":              (INT, 2000, False),     # ms
         "sip_reply":                   (STR, "200 OK", True),
         "acc_methods":                 (STR, "INVITE|BYE", False),
-        "missed_calls":                (STR, None, True),      # reserved (SIP accounting)
+        "sip_missed_calls":            (INT, 1, False),   # accounted >= 300 -> missed_calls
+        "sip_server_header":           (STR, None, False),  # None: "kamflat (VERSION)"
     },
 }
 

@@ -194,72 +194,90 @@ def _unencodable(values):
     return RecordError("record not encodable as UTF-8")
 
 
-# Records longer than this are not given a compiled joiner (they take the general path).
+# One value given where a record (a sequence of values) belongs.
+_NOT_RECORDS = frozenset((str, bytes, bytearray))
+
+# Records longer than this get no compiled encoder (they take the general path).
 MAX_COMPILED_FIELDS = 255
 
 
-def _compile_joiner(count, positions):
-    """A function that joins one record shape: `count` values, of which those at
+def _compile_shape(count, positions, encode_delimiter, encode_newlines):
+    """A function that encodes one record shape: `count` values, of which those at
     `positions` may be non-str. It unpacks the values into locals, converts only those
     positions (a plain int inline: an f-string formats it without a call) and lets
-    "|".join() type-check the rest: a non-str value anywhere else raises TypeError.
-    The generated source holds only names and numbers, never values."""
+    "|".join() type-check the rest: a non-str value anywhere else raises TypeError. It
+    returns None when a string value needs escaping (converted fields never contain "|",
+    CR or LF, so one count over the line tells). The generated source holds only names
+    and numbers, never values."""
     names = ["v%d" % i for i in range(count)]
     fields = [('(f"{%s}" if %s.__class__ is int else convert[%s.__class__](%s))' % ((name,) * 4)
                if i in positions else name) for i, name in enumerate(names)]
-    source = ("def join_fields(values):\n"
+    needs_escaping = ((["line.count('|') != %d" % (count - 1)] if encode_delimiter else [])
+                      + (["'\\n' in line or '\\r' in line"] if encode_newlines else []))
+    source = ("def encode_shape(values):\n"
               "    %s, = values\n"
-              "    return '|'.join((%s,))\n" % (", ".join(names), ", ".join(fields)))
+              "    line = '|'.join((%s,))\n" % (", ".join(names), ", ".join(fields)))
+    if needs_escaping:
+        source += "    if %s:\n        return None\n" % " or ".join(needs_escaping)
+    # Strict UTF-8 (the quickest call); a surrogate raises and goes the general way.
+    source += "    return (line + '\\n').encode()\n"
     namespace = {"convert": _BY_TYPE}
     exec(source, namespace)
-    join_fields = namespace["join_fields"]
-    join_fields.positions = frozenset(positions)
-    return join_fields
+    encode_shape = namespace["encode_shape"]
+    encode_shape.positions = frozenset(positions)
+    return encode_shape
 
 
 def make_encoder(encode_delimiter=True, encode_newlines=False):
     """Return `encode(values) -> bytes` for one set of options (a writer keeps one).
 
     Hot path: records of one table have one shape, mostly str values with numbers or None
-    at fixed places. Per record length the encoder keeps a compiled joiner (see
-    _compile_joiner) for the positions that held non-str values so far. Any surprise (a
-    new length, a non-str value somewhere new, an unknown type, a bad value) takes the
-    general path, which converts every value, names a bad one by position, and compiles
-    a joiner for the widened positions. Converted fields never contain "|", CR or LF, so
-    one count over the joined line tells whether a string value needs escaping.
+    at fixed places. Per record length the encoder keeps a compiled function (see
+    _compile_shape) for the positions that held non-str values so far. Anything else (a
+    new length, a non-str value somewhere new, an unknown type, a bad value, a string to
+    escape) takes the general path, which converts every value, names a bad one by
+    position, escapes, and compiles a function for the widened positions.
     """
     str_rules = (_DELIMITER if encode_delimiter else ()) + (_NEWLINES if encode_newlines else ())
     string_rules = _NEWLINES if encode_newlines else ()
-    joiners = {}  # record length -> compiled joiner
+    shapes = {}  # record length -> compiled encode_shape
 
     def learn(values):
         count = len(values)
         if 0 < count <= MAX_COMPILED_FIELDS:
-            old = joiners.get(count)
+            old = shapes.get(count)
             positions = {i for i, value in enumerate(values) if value.__class__ is not str}
             if old is None or not positions <= old.positions:
-                joiners[count] = _compile_joiner(count, positions | (old.positions if old else set()))
+                shapes[count] = _compile_shape(count, positions | (old.positions if old else set()),
+                                               encode_delimiter, encode_newlines)
 
-    def encode(values):
-        try:
-            if isinstance(values, (str, bytes, bytearray)):
-                raise TypeError  # one value, not a record: the general path says so
-            line = joiners[len(values)](values)  # an iterator has no len(): general path
-        except (KeyError, TypeError, ValueError):
-            if isinstance(values, (str, bytes, bytearray)):
-                raise RecordError("a record is a sequence of values, not a %s: %.60r"
-                                  % (type(values).__name__, values)) from None
-            if not hasattr(values, "__len__"):
-                values = tuple(values)
-            line = "|".join(_field_texts(values))
-            learn(values)
-        if ((encode_delimiter and line.count("|") != len(values) - 1)
+    def encode_general(values):
+        if isinstance(values, (str, bytes, bytearray)):
+            raise RecordError("a record is a sequence of values, not a %s: %.60r"
+                              % (type(values).__name__, values))
+        if not hasattr(values, "__len__"):
+            values = tuple(values)  # an iterator: it is walked more than once below
+        texts = _field_texts(values)
+        learn(values)
+        line = "|".join(texts)
+        if ((encode_delimiter and line.count("|") != len(texts) - 1)
                 or (encode_newlines and ("\n" in line or "\r" in line))):
-            line = "|".join(_escape_fields(values, _field_texts(values), str_rules, string_rules))
+            line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
         try:
             return (line + "\n").encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise _unencodable(values) from None
+
+    def encode(values):
+        try:
+            # A str, bytes or bytearray would unpack into characters or numbers.
+            if values.__class__ not in _NOT_RECORDS:
+                data = shapes[len(values)](values)  # an iterator has no len()
+                if data is not None:
+                    return data
+        except (KeyError, TypeError, ValueError):  # incl. RecordError, UnicodeEncodeError
+            pass
+        return encode_general(values)
 
     return encode
 

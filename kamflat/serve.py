@@ -31,6 +31,11 @@ class Settings:
         self.rotate_timeout = cfg.param("kamflat", "rotate_timeout") / 1000.0
         self.ingest_socket = cfg.param("kamflat", "ingest_socket") or None
         self.listen = list(cfg.listen)
+        self.sip = None
+        if self.listen:
+            # Built (and so checked) here once; every writer gets a copy at fork.
+            from kamflat import acc
+            self.sip = acc.handler_from_config(cfg)
         if cfg.has_module("mi_fifo"):
             self.management_desc = "MI FIFO"
         elif cfg.has_module("jsonrpcs"):
@@ -54,12 +59,6 @@ class Settings:
             return []
         from kamflat import sipnet
         return sipnet.open_listen_sockets(self.listen)
-
-    def sip_handler(self):
-        if not self.listen:
-            return None
-        from kamflat import acc
-        return acc.handler_from_config(self.cfg)
 
     def dirs_to_create(self):
         """Directories kamflat makes at start (Kamailio would refuse to start instead)."""

@@ -52,8 +52,8 @@ class Chunk:
         self.error_count = 0
 
     def report(self):
-        return json.dumps({"c": self.conn_id, "n": len(self.lines), "w": self.written,
-                           "e": self.errors, "x": self.error_count}).encode()
+        return {"c": self.conn_id, "n": len(self.lines), "w": self.written,
+                "e": self.errors, "x": self.error_count}
 
 
 class Writer:
@@ -96,6 +96,8 @@ class Writer:
         inputs = [(s, "udp") for s in self.udp_socks]
         if self.data_sock is not None:
             inputs.append((self.data_sock, "data"))
+        if self.data_sock is not None:
+            self.tell_ingest({"hello": self.rank})
         reading = False
         while not self.stopping:
             # Take new input only when everything taken so far is written.
@@ -128,6 +130,8 @@ class Writer:
                     message = self.data_sock.recv(1 << 21)
                 except (BlockingIOError, OSError):
                     break
+                if not message:
+                    break
                 self.take_chunk(message)
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.pending and time.monotonic() < deadline:
@@ -156,6 +160,14 @@ class Writer:
     def take_chunk(self, message):
         conn_id, first_line = CHUNK_HEADER.unpack_from(message)
         self.pending.append(Chunk(conn_id, first_line, message[CHUNK_HEADER.size:]))
+        self.tell_ingest({"taken": first_line})
+
+    def tell_ingest(self, report):
+        try:
+            self.data_sock.send(json.dumps(report).encode())
+        except OSError as exc:     # the ingest process is gone (stopping): nobody to tell
+            log.debug("writer %d: could not tell the ingest process %s: %s",
+                      self.rank, report, exc)
 
     def on_datagram(self, sock):
         try:
@@ -163,6 +175,11 @@ class Writer:
         except BlockingIOError:
             return
         outcome = self.sip.handle(data, addr)   # never raises for bad input
+        if outcome.records:
+            # As Kamailio: the record is written before the reply goes out, so a client
+            # that reads the acc file after its reply finds it (with flush=1).
+            self.pending.append(collections.deque(outcome.records))
+            self.work()
         if outcome.reply:
             try:
                 sock.sendto(outcome.reply, outcome.reply_to or addr)
@@ -173,8 +190,6 @@ class Writer:
         for name, n in self.sip.take_counters().items():
             group, _, stat = name.partition(":")
             self.state.add(group, stat, n)
-        if outcome.records:
-            self.pending.append(collections.deque(outcome.records))
 
     def on_control(self):
         try:
@@ -240,10 +255,7 @@ class Writer:
         state.add("ingest", "lines", len(lines))
         if chunk.error_count:
             state.add("ingest", "errors", chunk.error_count)
-        try:
-            self.data_sock.send(chunk.report())
-        except OSError as exc:
-            log.warning("writer %d: could not report a chunk: %s", self.rank, exc)
+        self.tell_ingest(chunk.report())
 
     def write_records(self, records):
         while records:

@@ -41,7 +41,7 @@ GOOD_CASES = [
         "children": 8, "listen": [], "modules": [], "db_dir": None, "ignored": [],
         "warnings": [], "param:kamflat:ingest_socket": "", "param:kamflat:rotate_timeout": 2000,
         "values:kamflat:sip_reply": ["200 OK"], "param:kamflat:acc_methods": "INVITE|BYE",
-        "param:kamflat:encode_newlines": 0, "values:kamflat:missed_calls": []}),
+        "param:kamflat:encode_newlines": 0, "param:kamflat:sip_missed_calls": 1}),
     ("children", "children=4", {"children": 4}),
     ("children hex, spaced, with ;", "children = 0x10 ;", {"children": 16}),
     ("children from a define", "#!define N 3\nchildren=N", {"children": 3}),
@@ -306,7 +306,7 @@ BROKEN_CASES = [
     ("unknown kamflat param", 'modparam("kamflat", "ingest", "/tmp/s")', {}, 1,
      'modparam: module kamflat has no parameter "ingest"; did you mean ingest_socket? (its '
      'parameters: ingest_socket, encode_newlines, rotate_timeout, sip_reply, acc_methods, '
-     'missed_calls)'),
+     'sip_missed_calls, sip_server_header)'),
     ("no module matches", 'loadmodule "tm.so"\nmodparam("acc", "db_flag", 1)', {}, 2,
      'modparam: no loaded module matches "acc"; load it first with loadmodule "acc.so" '
      '(loaded so far: tm)'),

@@ -143,13 +143,15 @@ def test_two_processes_rotated_while_writing_keep_every_record_once(tmp_path, fl
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(directory), counter_path,
                                  str(rank), str(flush), str(stop)],
                                 stdout=subprocess.PIPE, env=kamflat_env()) for rank in ranks]
+    lives = [directory / ("acc_%d.log" % (128 + rank)) for rank in ranks]
     try:
         for generation in range(1, 6):
-            for rank in ranks:
-                live = directory / ("acc_%d.log" % (128 + rank))
+            for live in lives:
                 wait_until(live.exists, what="%s after rotation %d" % (live, generation - 1))
                 os.rename(live, "%s.%d" % (live, generation))
             assert counter.advance() == generation
+        for live in lives:   # the last rotation took effect too before the writers stop
+            wait_until(live.exists, what="%s after rotation 5" % live)
         stop.touch()
         counts = [int(writer.communicate(timeout=20)[0]) for writer in writers]
     finally:
@@ -157,8 +159,7 @@ def test_two_processes_rotated_while_writing_keep_every_record_once(tmp_path, fl
             if writer.poll() is None:
                 writer.kill()
                 writer.wait()
-    for rank, count in zip(ranks, counts):
-        live = directory / ("acc_%d.log" % (128 + rank))
+    for rank, count, live in zip(ranks, counts, lives):
         files = ["%s.%d" % (live, generation) for generation in range(1, 6)] + [live]
         pieces = [read(path) for path in files]
         expected = b"".join(b"INVITE|rank%d||call-%d|200|OK|%d\n" % (rank, i, i)

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import DATA
 from kamflat.record import (Bigint, Bitmap, Datetime, RecordError, String, Ubigint, Uint,
@@ -61,6 +62,9 @@ DEFAULT_CASES = [
 @pytest.mark.parametrize("values, expected", DEFAULT_CASES)
 def test_default_encoding(values, expected):
     assert encode_record(values) == expected
+    encode = make_encoder()
+    # The first call takes the general path, the second the compiled one for this shape.
+    assert [encode(values), encode(values)] == [expected, expected]
 
 
 # (values, encode_delimiter, encode_newlines, expected)
@@ -80,6 +84,8 @@ OPTION_CASES = [
 @pytest.mark.parametrize("values, delimiter, newlines, expected", OPTION_CASES)
 def test_options(values, delimiter, newlines, expected):
     assert encode_record(values, encode_delimiter=delimiter, encode_newlines=newlines) == expected
+    encode = make_encoder(delimiter, newlines)
+    assert [encode(values), encode(values)] == [expected, expected]
 
 
 def test_naive_datetime_is_local_time_like_mktime():
@@ -126,6 +132,14 @@ def test_bad_values_are_named_by_position(values, message):
     assert str(caught.value).startswith(message)
 
 
+@pytest.mark.parametrize("whole", [b"INVITE", bytearray(b"INVITE"), "INVITE"])
+def test_a_whole_str_or_bytes_is_refused_even_after_an_all_number_record(whole):
+    encode = make_encoder()
+    assert encode([1, 2, 3, 4, 5, 6]) == encode([1, 2, 3, 4, 5, 6]) == b"1|2|3|4|5|6\n"
+    with pytest.raises(RecordError, match="a record is a sequence of values, not a"):
+        encode(whole)
+
+
 @pytest.mark.parametrize("make, value", [
     (Bigint, 2**63), (Bigint, -2**63 - 1), (Uint, -1), (Uint, 2**32),
     (Ubigint, 2**64), (Bitmap, 2**32), (Bitmap, -2**31 - 1), (Datetime, -1),
@@ -137,7 +151,8 @@ def test_wrappers_refuse_values_their_c_type_cannot_hold(make, value):
 
 def test_surrogateescape_round_trips_undecodable_bytes():
     raw = b"caf\xe9"
-    assert encode_record([raw.decode("utf-8", "surrogateescape")]) == b"caf\xe9\n"
+    for _first_and_compiled_path in range(2):
+        assert encode_record([raw.decode("utf-8", "surrogateescape"), 1]) == b"caf\xe9|1\n"
 
 
 # ---- the recorded Kamailio 5.6.3 acc files ------------------------------------------
@@ -199,3 +214,39 @@ def test_records_of_any_length(count):
                         for i in range(count)) + "\n"
     encode = make_encoder()
     assert encode(values) == encode(values) == expected.encode()
+
+
+# ---- property: both paths agree with a plain per-value reference ---------------------
+
+
+def reference_field(value, delimiter, newlines):
+    """Straight from Kamailio's flat_db_insert, one value at a time."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, bytes):
+        return b"".join(bytes([b]) if 0x20 <= b < 0x7F and b not in b"\\|"
+                        else b"\\x%02X" % b for b in value)
+    data = value.encode("utf-8", "surrogateescape")
+    if delimiter:
+        data = data.replace(b"|", b"%7C")
+    if newlines:
+        data = data.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
+    return data
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.binary(max_size=20),
+                   st.text(alphabet=st.sampled_from("ab|%\\\r\n\u00fc\u7528 \t"), max_size=20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=3, max_size=3), min_size=1, max_size=6),
+       st.booleans(), st.booleans())
+def test_compiled_and_general_paths_match_a_per_value_reference(records, delimiter, newlines):
+    encode = make_encoder(delimiter, newlines)   # records of one length share a shape
+    for values in records + records:
+        expected = b"|".join(reference_field(v, delimiter, newlines) for v in values) + b"\n"
+        assert encode(values) == expected

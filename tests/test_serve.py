@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -46,7 +45,8 @@ def test_records_spread_over_writers_and_land_once(tmp_path):
 
 def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
     lines = [acc_line(0), "not json", acc_line(1), '{"table": "../x", "values": []}',
-             '{"table": "acc", "values": [[1]]}', acc_line(2)]
+             '{"table": "acc", "values": [[1]]}', acc_line(2),
+             '{"table": "acc", "values": ["%s"]}' % ("x" * 200_000), acc_line(3)]
     with Server(tmp_path) as server:
         proc = subprocess.run(kamflat_argv("send", "--socket", server.ingest), env=kamflat_env(),
                               input="\n".join(lines) + "\n", capture_output=True, text=True,
@@ -54,9 +54,10 @@ def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
         assert proc.returncode == 1
         assert "line 2: not valid JSON" in proc.stderr
         assert "line 4: " in proc.stderr and "line 5: value 0" in proc.stderr
-        assert "sent 6 lines: 3 written, 3 refused" in proc.stderr
-        assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 3
-    check_exactly_once(server.records(), 3)
+        assert "line 7: line longer than 131072 bytes" in proc.stderr
+        assert "sent 8 lines: 4 written, 4 refused" in proc.stderr
+        assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 4
+    check_exactly_once(server.records(), 4)
 
 
 def test_config_error_starts_nothing(tmp_path):
@@ -166,3 +167,38 @@ def test_directory_removed_and_restored_under_load(tmp_path):
     lines = [line for p in (saved, server.acc) for f in sorted(p.iterdir())
              for line in f.read_bytes().splitlines(keepends=True)]
     check_exactly_once(lines, 3000)
+
+
+def test_a_management_fifo_that_cannot_be_made_stops_the_start(tmp_path):
+    server = Server(tmp_path, extra='modparam("mi_fifo", "reply_dir", "%s/missing/")' % tmp_path)
+    proc = subprocess.run(kamflat_argv("serve", "-f", server.config), env=kamflat_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "kamflat could not start: " in proc.stderr and "/missing/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not server.ingest.exists()
+
+
+def test_writer_killed_mid_stream_the_sender_learns_which_lines_may_be_lost(tmp_path):
+    total = 300_000
+    with Server(tmp_path, children=2, flush=1) as server:
+        result = {}
+        sender = threading.Thread(target=lambda: result.setdefault("r", send(
+            str(server.ingest), [acc_line(i) for i in range(total)], timeout=60)))
+        sender.start()
+        try:
+            wait_until(lambda: any(p.stat().st_size > 200_000 for p in server.acc.glob("*.log")),
+                       20, what="records on disk")
+            ps = server.mi("ps").decode()
+            os.kill(int(ps.split("ID=1 PID=")[1].split()[0]), signal.SIGKILL)
+        finally:
+            sender.join(90)
+        taken = result["r"]
+        assert not sender.is_alive() and taken.lines == total
+    uncertain = {line for line, message in taken.errors if "the writer died" in message}
+    assert taken.error_count == len(uncertain) and taken.written + len(uncertain) == total
+    seen = Counter(server.records())
+    assert max(seen.values()) == 1                       # nothing twice, nothing torn
+    assert all(line.endswith(b"\n") for line in seen)
+    missing = [i for i in range(total) if expected_line(i) not in seen]
+    assert set(i + 1 for i in missing) <= uncertain     # only reported lines may be gone

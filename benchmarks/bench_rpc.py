@@ -1,0 +1,209 @@
+"""Round-trip latency of flatstore.rotate over the JSON-RPC FIFO and over binrpc (kamcmd).
+
+    python3 benchmarks/bench_rpc.py [--calls N]
+
+Measures kamflat's servers (each in its own process, Management.standalone()) and,
+when the Debian package is installed, a real Kamailio 5.6 started here as the
+baseline of the same run; prints both beside the figures recorded on the reference
+machine (spec kamailio-5.6-observed.md section 6) and the kamflat/Kamailio ratio.
+"""
+import argparse
+import multiprocessing
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from kamflat.ctl import CtlServer                      # noqa: E402
+from kamflat.jsonrpc_fifo import JsonRpcFifoServer     # noqa: E402
+from kamflat.manage import Management                  # noqa: E402
+
+RECORDED = {"write->EOF, reply FIFO pre-opened": 0.091, "full client cycle": 0.141,
+            "kamcmd (spawn + binrpc)": 1.48}
+REQUEST = ('{"jsonrpc": "2.0", "method": "flatstore.rotate", "reply_name": "%s", '
+           '"id": 1}\n')
+
+
+def run_server(make, ready):
+    server = make()
+    server.open()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ready.set()
+    server.serve(stop)
+    server.close()
+
+
+def start_kamflat(workdir):
+    ctx = multiprocessing.get_context("fork")
+    fifo, ctl = str(workdir / "rpc.fifo"), "unixs:%s/ctl" % workdir
+    procs = []
+    for make in (lambda: JsonRpcFifoServer(fifo, management=Management.standalone()),
+                 lambda: CtlServer(ctl, management=Management.standalone())):
+        ready = ctx.Event()
+        proc = ctx.Process(target=run_server, args=(make, ready), daemon=True)
+        proc.start()
+        ready.wait(10)
+        procs.append(proc)
+
+    def stop():
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+    return fifo, ctl, stop
+
+
+def start_kamailio(workdir):
+    """A real Kamailio 5.6 with jsonrpcs and ctl, or None if it is not installed."""
+    from test_real_clients import KAMAILIO, KAMAILIO_CFG, MODULES, free_udp_port
+    if not (os.path.exists(KAMAILIO) and os.path.isdir(MODULES)):
+        return None
+    cfg = workdir / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.format(port=free_udp_port(), dir=workdir, modules=MODULES))
+    log = open(workdir / "kamailio.log", "w")
+    proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-f", str(cfg)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    fifo, ctl = workdir / "kamailio_rpc.fifo", workdir / "kamailio_ctl"
+    deadline = time.monotonic() + 15
+    while not (fifo.exists() and ctl.exists()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print("Kamailio did not start, see %s" % (workdir / "kamailio.log"))
+            return None
+        time.sleep(0.02)
+    time.sleep(0.2)     # let its worker processes settle
+
+    def stop():
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+    return str(fifo), "unixs:%s" % ctl, stop
+
+
+def read_to_eof(fd, timeout=10.0):
+    got = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        select.select([fd], [], [], 0.5)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:       # a writer is connected, nothing written yet
+            continue
+        if chunk:
+            got += chunk
+        elif got:
+            return got
+    raise RuntimeError("no complete reply within %.0fs (got %r)" % (timeout, got))
+
+
+def send(fifo, data):
+    fd = os.open(fifo, os.O_WRONLY)
+    os.write(fd, data)
+    os.close(fd)
+
+
+def bench_preopened(fifo, calls):
+    name = "kfbench_pre_%d" % os.getpid()
+    path = "/tmp/" + name
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    request = (REQUEST % name).encode()
+    times = []
+    try:
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            send(fifo, request)
+            read_to_eof(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return times
+
+
+def bench_full_cycle(fifo, calls):
+    name = "kfbench_full_%d" % os.getpid()
+    path = "/tmp/" + name
+    request = (REQUEST % name).encode()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        send(fifo, request)
+        read_to_eof(fd)
+        os.close(fd)
+        os.unlink(path)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_kamcmd(ctl, calls):
+    kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        subprocess.run([kamcmd, "-s", ctl, "flatstore.rotate"], check=True,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times):
+    ms = sorted(t * 1000 for t in times)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+
+
+def measure(fifo, ctl, calls):
+    out = {}
+    bench_preopened(fifo, 20)                  # warm up
+    out["write->EOF, reply FIFO pre-opened"] = summary(bench_preopened(fifo, calls))
+    out["full client cycle"] = summary(bench_full_cycle(fifo, calls))
+    if shutil.which("kamcmd") or os.path.exists("/usr/sbin/kamcmd"):
+        out["kamcmd (spawn + binrpc)"] = summary(bench_kamcmd(ctl, max(calls // 4, 20)))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kfbench") as tmp:
+        tmp = Path(tmp)
+        (tmp / "kamflat").mkdir()
+        (tmp / "kamailio").mkdir()
+        fifo, ctl, stop = start_kamflat(tmp / "kamflat")
+        try:
+            mine = measure(fifo, ctl, args.calls)
+        finally:
+            stop()
+        theirs = {}
+        kamailio = start_kamailio(tmp / "kamailio")
+        if kamailio:
+            try:
+                theirs = measure(kamailio[0], kamailio[1], args.calls)
+            finally:
+                kamailio[2]()
+    print("flatstore.rotate round trip, %d calls (ms, median / p99)" % args.calls)
+    print("%-36s %17s %17s %9s %10s" % ("", "kamflat", "Kamailio 5.6 now", "ratio",
+                                        "recorded"))
+    for what, (median, p99) in mine.items():
+        k = theirs.get(what)
+        print("%-36s %7.3f / %7.3f %7s / %7s %8s %10.3f" % (
+            what, median, p99, "%.3f" % k[0] if k else "-", "%.3f" % k[1] if k else "-",
+            "%.2fx" % (median / k[0]) if k else "-", RECORDED[what]))
+    if not theirs:
+        print("(no Kamailio installed here: compare with the recorded medians)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""The JSON-RPC FIFO server (Kamailio's jsonrpcs FIFO transport): IO around jsonrpc.py.
+
+One non-blocking loop reads the server FIFO (opened O_RDWR so it never sees EOF),
+cuts the stream into documents (`jsonrpc.FifoStream`) and turns each valid request
+into a reply job. A job first opens the client's reply FIFO (O_WRONLY|O_NONBLOCK,
+must be a FIFO, not a symlink, not hard-linked), retrying for up to
+`reply_open_wait` seconds while no reader has it open yet (kamctl starts its `cat`
+after writing the request). Only then does the command run, so a request whose
+reply FIFO never opens does not run at all. The reply is written without blocking;
+a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
+side by side, so a slow or absent client never holds up another.
+"""
+import errno
+import grp
+import logging
+import os
+import pwd
+import selectors
+import stat
+import time
+
+from kamflat import jsonrpc
+from kamflat.rpc_commands import Params, RpcCommands, RpcFault
+
+log = logging.getLogger("kamflat.jsonrpc")
+
+POLL_INTERVAL = 0.05
+
+
+def answer(request, commands, formatted=True):
+    """Run one valid request. Returns (reply bytes, error line to log or None)."""
+    ident = dict(id=request.id, has_id=request.has_id, formatted=formatted)
+    if request.method is None:
+        return jsonrpc.encode_reply(result={}, **ident), "missing jsonrpc method field in request"
+    method = commands.lookup(request.method)
+    if method is None:
+        return (jsonrpc.encode_reply(error=jsonrpc.error_object(500, "Method Not Found"),
+                                     **ident),
+                "method callback not found [%s]" % request.method)
+    try:
+        reply = commands.call(method, Params(request.params, "json"))
+    except RpcFault as fault:
+        return jsonrpc.encode_reply(error=jsonrpc.error_object(fault.code, fault.message),
+                                    **ident), None
+    except Exception as exc:    # a bug in a command must not take the server down
+        log.exception("jsonrpc: %s failed", request.method)
+        return (jsonrpc.encode_reply(error=jsonrpc.error_object(500, "Internal Server Error: %s"
+                                                                % exc), **ident), None)
+    return jsonrpc.encode_reply(result=reply.json_result(), **ident), None
+
+
+class ReplyJob:
+    """One reply on its way to /reply_dir/reply_name."""
+
+    def __init__(self, path, run, started):
+        self.path = path
+        self.run = run            # () -> bytes: runs the command once the FIFO is open
+        self.started = started
+        self.fd = None
+        self.data = b""
+        self.give_up_at = None
+
+
+class JsonRpcFifoServer:
+    """jsonrpcs' FIFO transport: `open()`, `serve(stop_event)`, `close()`."""
+
+    def __init__(self, fifo_name, fifo_mode=0o660, fifo_user=None, fifo_group=None,
+                 reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
+                 reply_open_wait=0.4, reply_write_timeout=2.0):
+        self.fifo_name = fifo_name
+        self.fifo_mode = 0o660 if fifo_mode is None else fifo_mode
+        self.fifo_user = fifo_user
+        self.fifo_group = fifo_group
+        self.reply_dir = reply_dir or "/tmp/"
+        self.formatted = pretty_format != 0
+        self.commands = RpcCommands(management)
+        self.idle_timeout = idle_timeout
+        self.reply_open_wait = reply_open_wait
+        self.reply_write_timeout = reply_write_timeout
+        self._fd = None
+        self._stream = jsonrpc.FifoStream()
+        self._last_rx = time.monotonic()
+        self._jobs = []
+        self._selector = None
+
+    # -- lifecycle
+
+    def open(self):
+        """Create the server FIFO and open it. Raises OSError naming the path."""
+        path = self.fifo_name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISFIFO(st.st_mode):
+                raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO"
+                              % path)
+            os.unlink(path)       # a stale FIFO from a previous run, as Kamailio does
+        try:
+            os.mkfifo(path, self.fifo_mode)
+            os.chmod(path, self.fifo_mode)
+            uid, gid = owner_ids(self.fifo_user, self.fifo_group)
+            if uid != -1 or gid != -1:
+                os.chown(path, uid, gid)
+            self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        except (OSError, KeyError) as exc:
+            raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._fd, selectors.EVENT_READ, None)
+
+    def close(self):
+        """Stop serving: close every descriptor and remove the server FIFO."""
+        for job in self._jobs:
+            self._close_job(job)
+        self._jobs = []
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            remove_if(self.fifo_name, stat.S_ISFIFO)
+
+    def serve(self, stop_event):
+        """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
+        serve_until(stop_event, self.serve_once, log)
+
+    def serve_once(self, timeout):
+        """One turn of the loop: wait up to `timeout` s for IO, then do what is due."""
+        for key, _mask in self._selector.select(self._wait_time(timeout)):
+            if key.fd == self._fd:
+                self._read_requests()
+        self._check_idle()
+        self._advance_jobs()
+
+    # -- reading
+
+    def _read_requests(self):
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self._last_rx = time.monotonic()
+            self._stream.receive_data(data)
+        while True:
+            event = self._stream.next_event()
+            if event is jsonrpc.NEED_DATA:
+                return
+            if isinstance(event, jsonrpc.Document):
+                self._on_document(event.data)
+            else:
+                self._on_rejected(event)
+
+    def _check_idle(self):
+        if self._stream.pending and time.monotonic() - self._last_rx > self.idle_timeout:
+            event = self._stream.abandon()
+            if event is not None:
+                self._on_rejected(event)
+
+    def _on_document(self, data):
+        request = jsonrpc.parse_request(data, self.reply_dir)
+        if isinstance(request, jsonrpc.Invalid):
+            log.error("jsonrpc fifo: %s: %s", request.reason, _excerpt(data))
+            if request.error is not None:
+                self._error_job(request.reply_name, request.error, request.id, request.has_id)
+            return
+
+        def run():
+            reply, problem = answer(request, self.commands, self.formatted)
+            if problem:
+                log.error("jsonrpc fifo: %s", problem)
+            return reply
+
+        self._add_job(request.reply_name, run)
+
+    def _on_rejected(self, event):
+        log.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
+        code = -32700 if "garbage" in event.reason else -32600
+        self._error_job(event.reply_name, (code, None), event.id, event.has_id)
+
+    def _error_job(self, reply_name, error, ident, has_id):
+        """Tell a client its document was refused, if it said where to reply."""
+        if not isinstance(reply_name, str) or not reply_name:
+            return
+        if jsonrpc.check_reply_name(reply_name, self.reply_dir):
+            return
+        reply = jsonrpc.encode_reply(error=jsonrpc.error_object(*error),
+                                     id=jsonrpc.reply_id(ident), has_id=has_id,
+                                     formatted=self.formatted)
+        self._add_job(reply_name, lambda: reply)
+
+    # -- replying
+
+    def _add_job(self, reply_name, run):
+        self._jobs.append(ReplyJob(os.path.join(self.reply_dir, reply_name), run,
+                                   time.monotonic()))
+
+    def _wait_time(self, timeout):
+        if self._jobs:
+            return min(timeout, 0.01)     # a reply FIFO to open or write soon
+        return timeout
+
+    def _advance_jobs(self):
+        busy = set()                      # replies to one FIFO go out one after another
+        for job in list(self._jobs):
+            if job.path in busy:
+                continue
+            if job.fd is not None or self._open_reply(job):
+                self._write_reply(job)
+            if job in self._jobs:
+                busy.add(job.path)
+
+    def _open_reply(self, job):
+        """Try to open the job's reply FIFO. True once open; False to retry later
+        (the job stays) or when the job was dropped."""
+        try:
+            fd = os.open(job.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                if time.monotonic() - job.started < self.reply_open_wait:
+                    return False
+                self._drop(job, "no client at %s" % job.path)
+            elif exc.errno == errno.ELOOP:
+                self._drop(job, "security: %s is a soft link" % job.path)
+            else:
+                self._drop(job, "open error (%s): %s" % (job.path, exc.strerror))
+            return False
+        problem = _fifo_problem(fd, job.path)
+        if problem:
+            os.close(fd)
+            self._drop(job, "security: " + problem)
+            return False
+        job.fd = fd
+        job.data = job.run()
+        job.give_up_at = time.monotonic() + self.reply_write_timeout
+        return True
+
+    def _write_reply(self, job):
+        while job.data:
+            try:
+                n = os.write(job.fd, job.data)
+            except BlockingIOError:
+                if time.monotonic() > job.give_up_at:
+                    self._drop(job, "reply to %s not read in %.1fs, given up"
+                               % (job.path, self.reply_write_timeout))
+                return
+            except OSError as exc:
+                self._drop(job, "failed to write the reply to %s: %s" % (job.path, exc.strerror))
+                return
+            job.data = job.data[n:]
+        self._close_job(job)
+        self._jobs.remove(job)
+
+    def _drop(self, job, why):
+        log.error("jsonrpc fifo: cannot reply: %s", why)
+        self._close_job(job)
+        self._jobs.remove(job)
+
+    @staticmethod
+    def _close_job(job):
+        if job.fd is not None:
+            os.close(job.fd)
+            job.fd = None
+
+
+def _fifo_problem(fd, path):
+    """Why the opened reply file may not be used (Kamailio's fifo_check), or None."""
+    fst = os.fstat(fd)
+    if not stat.S_ISFIFO(fst.st_mode):
+        return "%s is not a fifo" % path
+    if fst.st_nlink > 1:
+        return "%s is hard-linked %d times" % (path, fst.st_nlink)
+    try:
+        lst = os.lstat(path)
+    except OSError as exc:
+        return "lstat on %s failed: %s" % (path, exc.strerror)
+    if stat.S_ISLNK(lst.st_mode):
+        return "%s is a soft link" % path
+    if (lst.st_dev, lst.st_ino) != (fst.st_dev, fst.st_ino):
+        return "inode/dev number differ (%s)" % path
+    return None
+
+
+def serve_until(stop_event, serve_once, logger):
+    """A transport's main loop: `serve_once(timeout)` until `stop_event` is set.
+    An unexpected error in one turn is logged and the loop goes on, so one bad
+    request cannot stop the transport for every other client."""
+    while not stop_event.is_set():
+        try:
+            serve_once(POLL_INTERVAL)
+        except Exception:
+            logger.exception("unexpected error; continuing")
+            time.sleep(POLL_INTERVAL)
+
+
+def remove_if(path, is_kind):
+    """Unlink `path` if it is (still) of the kind this server created."""
+    try:
+        if is_kind(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def owner_ids(user, group):
+    """(uid, gid) for a user and group given as numbers or names; -1 leaves one as it is.
+    Raises KeyError for an unknown name."""
+    def numeric(value, lookup, attr):
+        if value is None or value == "":
+            return -1
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        return getattr(lookup(value), attr)
+    return numeric(user, pwd.getpwnam, "pw_uid"), numeric(group, grp.getgrnam, "gr_gid")
+
+
+def _excerpt(data, limit=120):
+    text = data[:limit].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(data) > limit else "")
