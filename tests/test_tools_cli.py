@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -243,3 +244,51 @@ def test_systemd_unit_runs_serve_in_the_foreground_and_verifies_clean():
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def free_udp_port():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+SIP_INVITE = ("INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+              "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{n};rport\r\n"
+              "From: <sip:alice@example.com>;tag=ft-{n}\r\nTo: <sip:bob@example.com>\r\n"
+              "Call-ID: sip-{n}\r\nCSeq: 1 INVITE\r\n{ua}Content-Length: 0\r\n\r\n")
+
+
+def test_follow_keeps_a_folded_header_record_whole_from_real_sip(tmp_path):
+    """A SIP request with a folded User-Agent makes a record with a raw CR LF SP inside
+    (as Kamailio writes it); follow and cat hand it out as one record."""
+    pytest.importorskip("kamflat.arbiter", reason="kamflat serve not available")
+    from kamflat.pytest_plugin import KamflatServer
+    port = free_udp_port()
+    server = KamflatServer(tmp_path / "srv", db_extra="src_user=$fU;ua=$ua",
+                           extra_cfg="listen=udp:127.0.0.1:%d" % port)
+    os.makedirs(server.directory)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(10)
+    try:
+        server.start()
+        with FollowProcess("-f", server.cfg_path, "--json", "--count", "2", "--timeout", "20",
+                           "acc") as follower:
+            for n, ua in enumerate(["User-Agent: foo\r\n bar|baz\r\n", ""]):
+                request = SIP_INVITE.format(port=client.getsockname()[1], n=n, ua=ua)
+                client.sendto(request.encode(), ("127.0.0.1", port))
+                assert client.recv(65536).startswith(b"SIP/2.0 200 OK")
+            code, err = follower.finish()
+        assert code == 0, err
+        followed = [json.loads(line)["record"] for line in follower.lines()]
+        cat = run_kamflat("cat", "-f", server.cfg_path, "--json", "acc")
+        catted = [json.loads(line)["record"] for line in cat.stdout.splitlines()]
+    finally:
+        client.close()
+        assert server.stop() == 0, server.log()
+    assert sorted(followed, key=lambda r: r["callid"]) == sorted(catted, key=lambda r: r["callid"])
+    by_callid = {r["callid"]: r for r in followed}
+    assert by_callid["sip-0"]["ua"] == "foo\r\n bar%7Cbaz" and by_callid["sip-0"]["src_user"] == "alice"
+    assert by_callid["sip-1"]["ua"] == ""
