@@ -264,8 +264,9 @@ def main(argv):
     try:
         generator = CallGenerator(
             seed=args.seed, start=start, extra=args.extra,
-            edge_cases=[c for c in args.edge_cases.split(",") if c], cps=args.cps)
-    except ValueError as exc:
+            edge_cases=[c for c in args.edge_cases.split(",") if c], cps=args.cps,
+            **table_names(args.config))
+    except Exception as exc:   # ValueError, ConfigError: one clear line
         print("kamflat gen: %s" % exc, file=sys.stderr)
         return 2
     run = Run(generator, args.count, args.seconds, args.rate, progress=sys.stderr.isatty())
@@ -279,6 +280,16 @@ def main(argv):
     run.show_progress(final=True)
     print(run.summary(), file=sys.stderr)
     return status
+
+
+def table_names(config):
+    """With -f, the config's acc tables (db_table_acc, db_table_missed_calls)."""
+    if not config:
+        return {}
+    from kamflat.config import load_config
+    cfg = load_config(config)
+    return {"acc_table": cfg.param("acc", "db_table_acc"),
+            "missed_table": cfg.param("acc", "db_table_missed_calls")}
 
 
 def write_output(run, output):

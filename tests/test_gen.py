@@ -174,3 +174,15 @@ def test_progress_line_on_a_terminal_only(tmp_path):
     assert text.count("\rkamflat gen: sent ") >= 2           # updated while it runs
     assert "records/s  errors 0" in text
     assert text.rstrip().splitlines()[-1].startswith("kamflat gen: ")   # then the summary
+
+
+def test_with_a_config_the_records_go_to_its_acc_tables(tmp_path):
+    from kamflat.gen import table_names
+    cfg = tmp_path / "k.cfg"
+    cfg.write_text('loadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
+                   'modparam("acc", "db_url", "flatstore:%s")\n'
+                   'modparam("acc", "db_table_acc", "cdr")\n' % tmp_path)
+    names = table_names(str(cfg))
+    assert names == {"acc_table": "cdr", "missed_table": "missed_calls"}
+    records = list(CallGenerator(seed=1, **names).records(50))
+    assert {r["table"] for r in records} == {"cdr", "missed_calls"}
