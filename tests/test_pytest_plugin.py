@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from conftest import REPO
+
 pytest_plugins = ["pytester"]
 
 if importlib.util.find_spec("kamflat.arbiter") is None:
@@ -15,6 +17,13 @@ if importlib.util.find_spec("kamflat.arbiter") is None:
 PLUGIN = "kamflat.pytest_plugin"
 # The entry point lines given to setup.cfg ([options.entry_points] pytest11 = ...).
 ENTRY_POINT = "%s = %s" % (PLUGIN, PLUGIN)
+
+
+@pytest.fixture(autouse=True)
+def child_imports_this_kamflat(monkeypatch):
+    """The child pytest imports kamflat from this checkout when it is not installed."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
 
 
 def plugin_installed():
