@@ -113,6 +113,8 @@ class Arbiter:
 
     # -- running ----------------------------------------------------------------
     def run(self):
+        """Run until stopped; the exit status. A socket that cannot be made raises
+        ValueError naming it, before anything is forked."""
         self.setup()
         for sig in self.SIGNALS:
             signal.signal(sig, self.queue_signal)
@@ -246,8 +248,12 @@ def _listen_unix(path):
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen(128)
+    try:
+        sock.bind(path)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ValueError("ingest_socket %s: %s" % (path, exc.strerror or exc)) from None
     return sock
 
 

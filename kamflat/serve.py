@@ -109,4 +109,8 @@ def main(argv):
             log.info("created directory %s", path)
     log.info("kamflat %s starting with %s", __version__, args.config)
     from kamflat.arbiter import Arbiter
-    return Arbiter(settings, [sys.argv[0], "serve", *argv]).run()
+    try:
+        return Arbiter(settings, [sys.argv[0], "serve", *argv]).run()
+    except ValueError as exc:     # a socket that cannot be made: nothing was started
+        print("kamflat: cannot start: %s" % exc, file=sys.stderr)
+        return 1

@@ -202,3 +202,16 @@ def test_writer_killed_mid_stream_the_sender_learns_which_lines_may_be_lost(tmp_
     assert all(line.endswith(b"\n") for line in seen)
     missing = [i for i in range(total) if expected_line(i) not in seen]
     assert set(i + 1 for i in missing) <= uncertain     # only reported lines may be gone
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("listen=tcp:127.0.0.1:5060", "kamflat: cannot start: listen=tcp:127.0.0.1:5060: only udp"),
+    ('modparam("kamflat", "ingest_socket", "/tmp/%s.sock")' % ("x" * 120),
+     "kamflat: cannot start: ingest_socket /tmp/xxx"),
+])
+def test_sockets_that_cannot_be_made_stop_the_start_with_a_clear_line(tmp_path, extra, message):
+    server = Server(tmp_path, extra=extra)
+    proc = subprocess.run(kamflat_argv("serve", "-f", server.config), env=kamflat_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr
