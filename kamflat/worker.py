@@ -75,12 +75,11 @@ class Writer:
 
     # -- process setup ------------------------------------------------------
     def init_signals(self):
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the master decides when to stop
+        # Ctrl-C reaches the whole process group: the master decides when writers stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self.handle_term)
+        # The handler only sets a flag; this pipe wakes select() up to notice it.
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.set_blocking(self.wake_r, False)
         signal.set_wakeup_fd(wake_w)
 
     def handle_term(self, signum, frame):
@@ -96,8 +95,7 @@ class Writer:
         inputs = [(s, "udp") for s in self.udp_socks]
         if self.data_sock is not None:
             inputs.append((self.data_sock, "data"))
-        if self.data_sock is not None:
-            self.tell_ingest({"hello": self.rank})
+            self.tell_ingest({"hello": self.rank})   # the ingest learns a writer (re)started
         reading = False
         while not self.stopping:
             # Take new input only when everything taken so far is written.
