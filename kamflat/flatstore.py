@@ -90,9 +90,9 @@ class RotationCounter:
     missing) so unrelated processes can share it. Readers only compare the number (one
     8-byte read, no lock) with the generation they last saw (a read racing an advance
     may see a mix of old and new bytes: that costs one extra reopen, never a missed
-    rotation). `advance()` increments
-    under a POSIX record lock on the file (which excludes other processes, including
-    forked children) plus a thread lock (which excludes other threads of this process).
+    rotation). `advance()` increments under a POSIX record lock on the file (which
+    excludes other processes, including forked children) plus a thread lock (which
+    excludes other threads of this process).
     Close the counter only after the connections that use it.
     """
     SIZE = 8
@@ -318,12 +318,10 @@ class FlatConnection:
         else:
             if table.fd is None:
                 table.open()  # a missing directory fails now, not at some later flush
-            size = table.pending_size + len(line)
-            if size > BUFFER_SIZE:
+            if table.pending_size + len(line) > BUFFER_SIZE:
                 table.write_pending()  # before taking this record: a failure leaves it out
-                size = len(line)
             table.pending.append(line)
-            table.pending_size = size
+            table.pending_size += len(line)
 
     def _reopen_after_rotation(self):
         # Read the generation first: a rotation that comes while we close is seen next time.

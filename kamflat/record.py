@@ -230,10 +230,7 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
         if count <= MAX_LEARNED_FIELDS:
             seen = {i for i, value in enumerate(values) if value.__class__ is not str}
             converted[count] = tuple(sorted(seen.union(converted.get(count, ()))))
-        line = "|".join(texts)
-        if ((encode_delimiter and line.count("|") != count - 1)
-                or (encode_newlines and ("\n" in line or "\r" in line))):
-            line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
+        line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
         try:
             return (line + "\n").encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
