@@ -22,7 +22,6 @@ Where this differs from Kamailio on purpose:
 import fcntl
 import mmap
 import os
-import struct
 import tempfile
 import threading
 
@@ -37,6 +36,7 @@ FILE_MODE = 0o644
 OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 BUFFER_SIZE = 64 * 1024  # flush=False writes the buffered records once they reach this
 _write = os.write         # one global lookup on the insert path instead of two
+_NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a counter: 0
 
 
 class FlatstoreError(Exception):
@@ -87,15 +87,15 @@ class RotationCounter:
 
     RotationCounter() is anonymous shared memory: create it before forking and every
     child sees the same number. RotationCounter(path) maps an 8-byte file (created if
-    missing) so unrelated processes can share it. Readers only compare the 8 bytes with
-    the generation they last saw (a read racing an advance may see a mix of old and new
-    bytes: that costs one extra reopen, never a missed rotation). `advance()` increments
-    under a POSIX record lock on the file (which excludes other processes, including
-    forked children) plus a thread lock (which excludes other threads of this process).
+    missing) so unrelated processes can share it. Readers only compare the number (one
+    8-byte read, no lock) with the generation they last saw (a read racing an advance
+    may see a mix of old and new bytes: that costs one extra reopen, never a missed
+    rotation). `advance()` increments under a POSIX record lock on the file (which
+    excludes other processes, including forked children) plus a thread lock (which
+    excludes other threads of this process).
     Close the counter only after the connections that use it.
     """
     SIZE = 8
-    _FORMAT = struct.Struct("<Q")
 
     def __init__(self, path=None):
         self.path = path
@@ -115,6 +115,7 @@ class RotationCounter:
                 raise ValueError("%s is not a rotation counter: %d bytes, expected %d"
                                  % (path, size, self.SIZE))
             self._map = mmap.mmap(self._fd, self.SIZE)
+            self._cell = memoryview(self._map).cast("Q")  # the number, a native uint64
         except BaseException:
             os.close(self._fd)
             raise
@@ -122,21 +123,21 @@ class RotationCounter:
 
     @property
     def value(self):
-        return self._FORMAT.unpack_from(self._map)[0]
+        return self._cell[0]
 
     def advance(self):
         """Start a new generation; returns it. Safe with several advancing processes."""
         with self._lock:
             fcntl.lockf(self._fd, fcntl.LOCK_EX)
             try:
-                value = (self._FORMAT.unpack_from(self._map)[0] + 1) % 2**64
-                self._FORMAT.pack_into(self._map, 0, value)
+                value = self._cell[0] = (self._cell[0] + 1) % 2**64
                 return value
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def close(self):
         if self._fd is not None:
+            self._cell.release()
             self._map.close()
             os.close(self._fd)
             self._fd = None
@@ -265,9 +266,10 @@ class FlatConnection:
         self._files = {}       # table name -> _TableFile
         self._current = None   # the _TableFile of the table in use
         self._closed = False
-        # The rotation check before each insert compares 8 shared bytes with these.
-        self._rotation_map = rotation._map if rotation is not None else None
-        self._generation = rotation._map[:8] if rotation is not None else None
+        # The rotation check before each insert reads this shared number and compares
+        # it with the generation last seen; without a counter, a number that never moves.
+        self._rotation_cell = rotation._cell if rotation is not None else _NO_ROTATION
+        self._generation = self._rotation_cell[0]
 
     def path(self, table):
         """Where records for `table` go."""
@@ -292,8 +294,7 @@ class FlatConnection:
         Raises FlatstoreError if the file cannot be opened or written: then nothing of the
         record was kept and the same insert can be retried.
         """
-        rotation_map = self._rotation_map
-        if rotation_map is not None and rotation_map[:8] != self._generation:
+        if self._rotation_cell[0] != self._generation:
             self._reopen_after_rotation()
         table = self._current
         if table is None:
@@ -324,7 +325,7 @@ class FlatConnection:
 
     def _reopen_after_rotation(self):
         # Read the generation first: a rotation that comes while we close is seen next time.
-        generation = self._rotation_map[:8]
+        generation = self._rotation_cell[0]
         self.close_files()
         self._generation = generation
 

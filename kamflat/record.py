@@ -194,62 +194,30 @@ def _unencodable(values):
     return RecordError("record not encodable as UTF-8")
 
 
-# One value given where a record (a sequence of values) belongs.
-_NOT_RECORDS = frozenset((str, bytes, bytearray))
+# Records longer than this always take the general path (bounds what an encoder learns).
+MAX_LEARNED_FIELDS = 255
 
-# Records longer than this get no compiled encoder (they take the general path).
-MAX_COMPILED_FIELDS = 255
-
-
-def _compile_shape(count, positions, encode_delimiter, encode_newlines):
-    """A function that encodes one record shape: `count` values, of which those at
-    `positions` may be non-str. It unpacks the values into locals, converts only those
-    positions (a plain int inline: an f-string formats it without a call) and lets
-    "|".join() type-check the rest: a non-str value anywhere else raises TypeError. It
-    returns None when a string value needs escaping (converted fields never contain "|",
-    CR or LF, so one count over the line tells). The generated source holds only names
-    and numbers, never values."""
-    names = ["v%d" % i for i in range(count)]
-    fields = [('(f"{%s}" if %s.__class__ is int else convert[%s.__class__](%s))' % ((name,) * 4)
-               if i in positions else name) for i, name in enumerate(names)]
-    needs_escaping = ((["line.count('|') != %d" % (count - 1)] if encode_delimiter else [])
-                      + (["'\\n' in line or '\\r' in line"] if encode_newlines else []))
-    source = ("def encode_shape(values):\n"
-              "    %s, = values\n"
-              "    line = '|'.join((%s,))\n" % (", ".join(names), ", ".join(fields)))
-    if needs_escaping:
-        source += "    if %s:\n        return None\n" % " or ".join(needs_escaping)
-    # Strict UTF-8 (the quickest call); a surrogate raises and goes the general way.
-    source += "    return (line + '\\n').encode()\n"
-    namespace = {"convert": _BY_TYPE}
-    exec(source, namespace)
-    encode_shape = namespace["encode_shape"]
-    encode_shape.positions = frozenset(positions)
-    return encode_shape
+# The fast path takes these; anything else (an iterator, a str or bytes given where a
+# record belongs, a list subclass) goes the general way.
+_PLAIN_RECORDS = frozenset((list, tuple))
 
 
 def make_encoder(encode_delimiter=True, encode_newlines=False):
     """Return `encode(values) -> bytes` for one set of options (a writer keeps one).
 
-    Hot path: records of one table have one shape, mostly str values with numbers or None
-    at fixed places. Per record length the encoder keeps a compiled function (see
-    _compile_shape) for the positions that held non-str values so far. Anything else (a
-    new length, a non-str value somewhere new, an unknown type, a bad value, a string to
-    escape) takes the general path, which converts every value, names a bad one by
-    position, escapes, and compiles a function for the widened positions.
+    Records of one table have one length and mostly str values, with numbers or None at
+    the same few places. So the encoder remembers, per record length, the positions that
+    held a non-str value so far. The fast path converts only those positions and lets
+    "|".join() check the rest are str (it raises TypeError otherwise); converted fields
+    never contain "|", CR or LF, so one count over the joined line tells whether a str
+    value needs escaping. Anything else (a new length, a non-str value somewhere new, an
+    unknown type, a bad value, a string to escape, a surrogate) takes the general path,
+    which converts every value, names a bad one by position, escapes, and remembers the
+    positions.
     """
     str_rules = (_DELIMITER if encode_delimiter else ()) + (_NEWLINES if encode_newlines else ())
     string_rules = _NEWLINES if encode_newlines else ()
-    shapes = {}  # record length -> compiled encode_shape
-
-    def learn(values):
-        count = len(values)
-        if 0 < count <= MAX_COMPILED_FIELDS:
-            old = shapes.get(count)
-            positions = {i for i, value in enumerate(values) if value.__class__ is not str}
-            if old is None or not positions <= old.positions:
-                shapes[count] = _compile_shape(count, positions | (old.positions if old else set()),
-                                               encode_delimiter, encode_newlines)
+    converted = {}  # record length -> positions where non-str values were seen (a tuple)
 
     def encode_general(values):
         if isinstance(values, (str, bytes, bytearray)):
@@ -258,26 +226,35 @@ def make_encoder(encode_delimiter=True, encode_newlines=False):
         if not hasattr(values, "__len__"):
             values = tuple(values)  # an iterator: it is walked more than once below
         texts = _field_texts(values)
-        learn(values)
-        line = "|".join(texts)
-        if ((encode_delimiter and line.count("|") != len(texts) - 1)
-                or (encode_newlines and ("\n" in line or "\r" in line))):
-            line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
+        count = len(texts)
+        if count <= MAX_LEARNED_FIELDS:
+            seen = {i for i, value in enumerate(values) if value.__class__ is not str}
+            converted[count] = tuple(sorted(seen.union(converted.get(count, ()))))
+        line = "|".join(_escape_fields(values, texts, str_rules, string_rules))
         try:
             return (line + "\n").encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise _unencodable(values) from None
 
     def encode(values):
+        if values.__class__ not in _PLAIN_RECORDS:
+            return encode_general(values)
+        fields = [*values]
         try:
-            # A str, bytes or bytearray would unpack into characters or numbers.
-            if values.__class__ not in _NOT_RECORDS:
-                data = shapes[len(values)](values)  # an iterator has no len()
-                if data is not None:
-                    return data
-        except (KeyError, TypeError, ValueError):  # incl. RecordError, UnicodeEncodeError
-            pass
-        return encode_general(values)
+            for i in converted[len(fields)]:
+                value = fields[i]
+                # An int is by far the most common; f"{}" formats it without a call.
+                fields[i] = f"{value}" if value.__class__ is int else _BY_TYPE[value.__class__](value)
+            line = "|".join(fields)
+        except (KeyError, TypeError, ValueError):  # incl. RecordError
+            return encode_general(values)
+        if ((encode_delimiter and line.count("|") != len(fields) - 1)
+                or (encode_newlines and ("\n" in line or "\r" in line))):
+            return encode_general(values)
+        try:
+            return (line + "\n").encode()  # strict UTF-8 is the quickest call
+        except UnicodeEncodeError:
+            return encode_general(values)  # a surrogate: surrogateescape or a named error
 
     return encode
 

@@ -63,7 +63,7 @@ DEFAULT_CASES = [
 def test_default_encoding(values, expected):
     assert encode_record(values) == expected
     encode = make_encoder()
-    # The first call takes the general path, the second the compiled one for this shape.
+    # The first call takes the general path, the second the fast one for this length.
     assert [encode(values), encode(values)] == [expected, expected]
 
 
@@ -132,7 +132,7 @@ def test_bad_values_are_named_by_position(values, message):
     assert str(caught.value).startswith(message)
 
 
-@pytest.mark.parametrize("whole", [b"INVITE", bytearray(b"INVITE"), "INVITE"])
+@pytest.mark.parametrize("whole", [b"INVITE", bytearray(b"INVITE"), "INVITE", String("INVITE")])
 def test_a_whole_str_or_bytes_is_refused_even_after_an_all_number_record(whole):
     encode = make_encoder()
     assert encode([1, 2, 3, 4, 5, 6]) == encode([1, 2, 3, 4, 5, 6]) == b"1|2|3|4|5|6\n"
@@ -151,7 +151,7 @@ def test_wrappers_refuse_values_their_c_type_cannot_hold(make, value):
 
 def test_surrogateescape_round_trips_undecodable_bytes():
     raw = b"caf\xe9"
-    for _first_and_compiled_path in range(2):
+    for _general_then_fast_path in range(2):
         assert encode_record([raw.decode("utf-8", "surrogateescape"), 1]) == b"caf\xe9|1\n"
 
 
@@ -245,7 +245,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.binary(max_size=2
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(VALUES, min_size=3, max_size=3), min_size=1, max_size=6),
        st.booleans(), st.booleans())
-def test_compiled_and_general_paths_match_a_per_value_reference(records, delimiter, newlines):
+def test_fast_and_general_paths_match_a_per_value_reference(records, delimiter, newlines):
     encode = make_encoder(delimiter, newlines)   # records of one length share a shape
     for values in records + records:
         expected = b"|".join(reference_field(v, delimiter, newlines) for v in values) + b"\n"
