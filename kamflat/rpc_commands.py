@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from kamflat.manage import select_statistics, stat_line
+
 # What core.version says. kamflat answers as the Kamailio release it emulates, so
 # tools that parse the version string see what they would see against Kamailio.
 SERVER_VERSION = "kamailio 5.6.3 (%s/%s) " % (platform.machine() or "x86_64", sys.platform)
@@ -114,26 +116,6 @@ class Method:
     handler: object
     doc: str
     array: bool = False
-
-
-def stat_line(stat, old=None):
-    """kex's "group:name = value" (clear_statistics adds " (old)" when it changed)."""
-    if old is not None and old != stat.value:
-        return "%s:%s = %d (%d)" % (stat.group, stat.name, stat.value, old)
-    return "%s:%s = %d" % (stat.group, stat.name, stat.value)
-
-
-def select_statistics(stats, spec):
-    """The statistics one get/reset/clear argument names, as kex selects them:
-    "all" -> every counter, "group:" -> that group, else the counter with that name.
-    Kamailio iterates its counters sorted by group, then name; so does this."""
-    if spec == "all":
-        chosen = list(stats)
-    elif spec.endswith(":"):
-        chosen = [s for s in stats if s.group == spec[:-1]]
-    else:
-        chosen = [s for s in stats if s.name == spec][:1]
-    return sorted(chosen, key=lambda s: (s.group, s.name))
 
 
 class RpcCommands:
