@@ -14,7 +14,7 @@ import stat
 import time
 
 from kamflat import binrpc
-from kamflat.jsonrpc_fifo import owner_ids, remove_if, serve_until
+from kamflat.fifoio import owner_ids, remove_if, serve_until
 from kamflat.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.ctl")

@@ -11,20 +11,17 @@ a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
 side by side, so a slow or absent client never holds up another.
 """
 import errno
-import grp
 import logging
 import os
-import pwd
 import selectors
 import stat
 import time
 
 from kamflat import jsonrpc
+from kamflat.fifoio import ReplyRefused, ServerFifo, open_reply_fifo, serve_until
 from kamflat.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.jsonrpc")
-
-POLL_INTERVAL = 0.05
 
 
 def answer(request, commands, formatted=True):
@@ -68,9 +65,8 @@ class JsonRpcFifoServer:
                  reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
-        self.fifo_mode = 0o660 if fifo_mode is None else fifo_mode
-        self.fifo_user = fifo_user
-        self.fifo_group = fifo_group
+        self.fifo = ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
+                               fifo_user, fifo_group)
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
@@ -92,18 +88,11 @@ class JsonRpcFifoServer:
             st = os.lstat(path)
         except FileNotFoundError:
             st = None
-        if st is not None:
-            if not stat.S_ISFIFO(st.st_mode):
-                raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO"
-                              % path)
-            os.unlink(path)       # a stale FIFO from a previous run, as Kamailio does
+        if st is not None and not stat.S_ISFIFO(st.st_mode):
+            raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO" % path)
         try:
-            os.mkfifo(path, self.fifo_mode)
-            os.chmod(path, self.fifo_mode)
-            uid, gid = owner_ids(self.fifo_user, self.fifo_group)
-            if uid != -1 or gid != -1:
-                os.chown(path, uid, gid)
-            self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+            # a stale FIFO of a previous run is replaced, as Kamailio does
+            self._fd = self.fifo.create()
         except (OSError, KeyError) as exc:
             raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
         self._selector = selectors.DefaultSelector()
@@ -120,7 +109,7 @@ class JsonRpcFifoServer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            remove_if(self.fifo_name, stat.S_ISFIFO)
+            self.fifo.remove()
 
     def serve(self, stop_event):
         """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
@@ -218,21 +207,14 @@ class JsonRpcFifoServer:
         """Try to open the job's reply FIFO. True once open; False to retry later
         (the job stays) or when the job was dropped."""
         try:
-            fd = os.open(job.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                if time.monotonic() - job.started < self.reply_open_wait:
-                    return False
-                self._drop(job, "no client at %s" % job.path)
-            elif exc.errno == errno.ELOOP:
-                self._drop(job, "security: %s is a soft link" % job.path)
-            else:
-                self._drop(job, "open error (%s): %s" % (job.path, exc.strerror))
+            fd = open_reply_fifo(job.path)
+        except ReplyRefused as refused:
+            self._drop(job, str(refused))
             return False
-        problem = _fifo_problem(fd, job.path)
-        if problem:
-            os.close(fd)
-            self._drop(job, "security: " + problem)
+        if fd is None:                    # no reader yet
+            if time.monotonic() - job.started < self.reply_open_wait:
+                return False
+            self._drop(job, "no client at %s" % job.path)
             return False
         job.fd = fd
         job.data = job.run()
@@ -265,57 +247,6 @@ class JsonRpcFifoServer:
         if job.fd is not None:
             os.close(job.fd)
             job.fd = None
-
-
-def _fifo_problem(fd, path):
-    """Why the opened reply file may not be used (Kamailio's fifo_check), or None."""
-    fst = os.fstat(fd)
-    if not stat.S_ISFIFO(fst.st_mode):
-        return "%s is not a fifo" % path
-    if fst.st_nlink > 1:
-        return "%s is hard-linked %d times" % (path, fst.st_nlink)
-    try:
-        lst = os.lstat(path)
-    except OSError as exc:
-        return "lstat on %s failed: %s" % (path, exc.strerror)
-    if stat.S_ISLNK(lst.st_mode):
-        return "%s is a soft link" % path
-    if (lst.st_dev, lst.st_ino) != (fst.st_dev, fst.st_ino):
-        return "inode/dev number differ (%s)" % path
-    return None
-
-
-def serve_until(stop_event, serve_once, logger):
-    """A transport's main loop: `serve_once(timeout)` until `stop_event` is set.
-    An unexpected error in one turn is logged and the loop goes on, so one bad
-    request cannot stop the transport for every other client."""
-    while not stop_event.is_set():
-        try:
-            serve_once(POLL_INTERVAL)
-        except Exception:
-            logger.exception("unexpected error; continuing")
-            time.sleep(POLL_INTERVAL)
-
-
-def remove_if(path, is_kind):
-    """Unlink `path` if it is (still) of the kind this server created."""
-    try:
-        if is_kind(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def owner_ids(user, group):
-    """(uid, gid) for a user and group given as numbers or names; -1 leaves one as it is.
-    Raises KeyError for an unknown name."""
-    def numeric(value, lookup, attr):
-        if value is None or value == "":
-            return -1
-        if isinstance(value, int) or str(value).isdigit():
-            return int(value)
-        return getattr(lookup(value), attr)
-    return numeric(user, pwd.getpwnam, "pw_uid"), numeric(group, grp.getgrnam, "gr_gid")
 
 
 def _excerpt(data, limit=120):

@@ -345,6 +345,16 @@ def test_open_replaces_a_stale_fifo_and_close_removes_it(tmp_path):
         JsonRpcFifoServer(str(path), management=make_management()).open()
 
 
+
+def test_close_leaves_a_fifo_that_is_not_its_own(tmp_path):
+    path = tmp_path / "rpc.fifo"
+    srv = Server(path)
+    os.unlink(path)
+    os.mkfifo(path)           # someone else's FIFO now
+    srv.close()
+    assert os.path.exists(path)
+
+
 # -- kamflat rpc (the client)
 
 def test_client_request_bytes_are_kamctls():
