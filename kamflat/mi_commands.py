@@ -59,28 +59,6 @@ def parse_sint(value):
     return int(value)
 
 
-def parse_shvset(values):
-    """pv's `shvset` modparam values ("name=i:1", "name=s:text") -> {name: int|str}.
-
-    Raises ValueError naming the bad value.
-    """
-    shv = {}
-    for raw in values:
-        name, eq, typed = raw.partition("=")
-        kind, colon, value = typed.partition(":")
-        name = name.strip()
-        if not eq or not colon or not name or kind not in ("i", "s"):
-            raise ValueError("shvset %r: expected NAME=i:INTEGER or NAME=s:TEXT" % raw)
-        if kind == "i":
-            number = parse_sint(value.strip())
-            if number is None:
-                raise ValueError("shvset %r: %r is not an integer" % (raw, value))
-            shv[name] = number
-        else:
-            shv[name] = value
-    return shv
-
-
 # -- kex ----------------------------------------------------------------------
 
 def cmd_uptime(m, args):
