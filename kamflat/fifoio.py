@@ -1,17 +1,23 @@
-"""IO the management servers share: server FIFOs, reply FIFOs, owners, the serve loop.
+"""IO the management servers share: server FIFOs, reply FIFOs, owners, slow calls, the loop.
 
 The MI FIFO (`mi_fifo.py`) and the JSON-RPC FIFO (`jsonrpc_fifo.py`) follow the
 same rules for both ends of a request, because Kamailio's jsonrpcs copied them
 from mi_fifo: the reply FIFO's name rules are pure and live in `mi.py`
 (`check_reply_name`); opening the reply FIFO safely, making the server FIFO and
-removing it again are here. The ctl socket uses the owner lookup and the loop.
+removing it again are here. The ctl socket uses the owner lookup, the helper
+thread for slow commands and the loop too.
 """
+import collections
 import errno
 import grp
+import logging
 import os
 import pwd
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("kamflat.fifoio")
 
 POLL_INTERVAL = 0.05
 
@@ -108,6 +114,67 @@ class ServerFifo:
     def remove(self):
         if self.is_ours():
             os.unlink(self.path)
+
+
+class SlowCalls:
+    """Runs the commands that wait for other processes (flat_rotate waits for every
+    writer, up to rotate_timeout) on one helper thread, so the server's event loop
+    goes on serving every other client meanwhile. Calls run one at a time, in order.
+
+    The loop registers `wake_fd` for reading; once it is readable, `finished()`
+    gives (tag, result) for each call done since. A call that raises gives None
+    (the servers' own runners already turn errors into replies; this is a backstop).
+    """
+
+    def __init__(self, name):
+        self._name = name
+        self._executor = None       # started on the first call
+        self._done = collections.deque()
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def submit(self, tag, call):
+        """Run call() on the helper thread; its result comes back with `tag`."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+        future = self._executor.submit(call)
+        future.add_done_callback(lambda f: self._finished(tag, f))
+
+    def _finished(self, tag, future):
+        try:
+            result = future.result()
+        except Exception:
+            log.exception("%s: slow command failed", self._name)
+            result = None
+        self._done.append((tag, result))
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass        # the pipe is full: the loop is already being woken
+
+    def finished(self):
+        """The (tag, result) of every call done since the last time (empties the pipe)."""
+        while True:
+            try:
+                if not os.read(self.wake_fd, 4096):
+                    break
+            except BlockingIOError:
+                break
+        done = []
+        while self._done:
+            done.append(self._done.popleft())
+        return done
+
+    def close(self):
+        """Wait for the calls still running, close the pipe; returns the (tag, result)
+        pairs the loop has not collected (nobody will deliver those now)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        left = list(self._done)
+        self._done.clear()
+        for fd in (self.wake_fd, self._wake_w):
+            os.close(fd)
+        return left
 
 
 def owner_ids(user, group):

@@ -6,7 +6,8 @@ into a reply job. A job first opens the client's reply FIFO (O_WRONLY|O_NONBLOCK
 must be a FIFO, not a symlink, not hard-linked), retrying for up to
 `reply_open_wait` seconds while no reader has it open yet (kamctl starts its `cat`
 after writing the request). Only then does the command run, so a request whose
-reply FIFO never opens does not run at all. The reply is written without blocking;
+reply FIFO never opens does not run at all; a slow one (a rotation) runs on a
+helper thread meanwhile. The reply is written without blocking;
 a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
 side by side, so a slow or absent client never holds up another.
 """
@@ -18,8 +19,8 @@ import stat
 import time
 
 from kamflat import jsonrpc
-from kamflat.fifoio import ReplyRefused, ServerFifo, open_reply_fifo, serve_until
-from kamflat.rpc_commands import Params, RpcCommands, RpcFault
+from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo, serve_until
+from kamflat.rpc_commands import SLOW, Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.jsonrpc")
 
@@ -49,12 +50,13 @@ def answer(request, commands, formatted=True):
 class ReplyJob:
     """One reply on its way to /reply_dir/reply_name."""
 
-    def __init__(self, path, run, started):
+    def __init__(self, path, run, started, slow=False):
         self.path = path
         self.run = run            # () -> bytes: runs the command once the FIFO is open
+        self.slow = slow          # run it on the helper thread
         self.started = started
         self.fd = None
-        self.data = b""
+        self.data = None          # the reply, once the command has run
         self.give_up_at = None
 
 
@@ -78,6 +80,7 @@ class JsonRpcFifoServer:
         self._last_rx = time.monotonic()
         self._jobs = []
         self._selector = None
+        self._slow = None
 
     # -- lifecycle
 
@@ -97,9 +100,14 @@ class JsonRpcFifoServer:
             raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._fd, selectors.EVENT_READ, None)
+        self._slow = SlowCalls("jsonrpc-slow")
+        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, None)
 
     def close(self):
         """Stop serving: close every descriptor and remove the server FIFO."""
+        if self._slow is not None:
+            self._slow.close()      # waits for a running rotation; its reply is dropped
+            self._slow = None
         for job in self._jobs:
             self._close_job(job)
         self._jobs = []
@@ -120,6 +128,8 @@ class JsonRpcFifoServer:
         for key, _mask in self._selector.select(self._wait_time(timeout)):
             if key.fd == self._fd:
                 self._read_requests()
+            else:
+                self._on_slow_done()
         self._check_idle()
         self._advance_jobs()
 
@@ -164,7 +174,7 @@ class JsonRpcFifoServer:
                 log.error("jsonrpc fifo: %s", problem)
             return reply
 
-        self._add_job(request.reply_name, run)
+        self._add_job(request.reply_name, run, slow=request.method in SLOW)
 
     def _on_rejected(self, event):
         log.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
@@ -184,9 +194,9 @@ class JsonRpcFifoServer:
 
     # -- replying
 
-    def _add_job(self, reply_name, run):
+    def _add_job(self, reply_name, run, slow=False):
         self._jobs.append(ReplyJob(os.path.join(self.reply_dir, reply_name), run,
-                                   time.monotonic()))
+                                   time.monotonic(), slow))
 
     def _wait_time(self, timeout):
         if self._jobs:
@@ -198,28 +208,40 @@ class JsonRpcFifoServer:
         for job in list(self._jobs):
             if job.path in busy:
                 continue
-            if job.fd is not None or self._open_reply(job):
+            if job.fd is None:
+                self._open_reply(job)
+            if job.data is not None:
                 self._write_reply(job)
             if job in self._jobs:
                 busy.add(job.path)
 
     def _open_reply(self, job):
-        """Try to open the job's reply FIFO. True once open; False to retry later
-        (the job stays) or when the job was dropped."""
+        """Try to open the job's reply FIFO; once it is open, run the command (a slow
+        one on the helper thread). If it cannot be opened yet the job stays, to be
+        retried; if it must not be, the job is dropped."""
         try:
             fd = open_reply_fifo(job.path)
         except ReplyRefused as refused:
             self._drop(job, str(refused))
-            return False
+            return
         if fd is None:                    # no reader yet
-            if time.monotonic() - job.started < self.reply_open_wait:
-                return False
-            self._drop(job, "no client at %s" % job.path)
-            return False
+            if time.monotonic() - job.started >= self.reply_open_wait:
+                self._drop(job, "no client at %s" % job.path)
+            return
         job.fd = fd
-        job.data = job.run()
+        if job.slow:
+            self._slow.submit(job, job.run)
+        else:
+            self._set_reply(job, job.run())
+
+    def _on_slow_done(self):
+        for job, reply in self._slow.finished():
+            if job in self._jobs:
+                self._set_reply(job, reply if reply is not None else b"")
+
+    def _set_reply(self, job, reply):
+        job.data = reply
         job.give_up_at = time.monotonic() + self.reply_write_timeout
-        return True
 
     def _write_reply(self, job):
         while job.data:

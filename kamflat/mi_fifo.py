@@ -19,15 +19,13 @@ IO only: the grammar and reply framing are in `mi.py`, the commands in
 - If the server FIFO is deleted or renamed away, it is recreated at once
   (pyinotify when it is installed, else an os.stat on every loop tick).
 """
-import collections
 import logging
 import os
 import selectors
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from kamflat import mi
-from kamflat.fifoio import ReplyRefused, ServerFifo, open_reply_fifo
+from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo
 from kamflat.mi_commands import SLOW, CloseThen, MICommands, Reply
 
 log = logging.getLogger("kamflat.mi_fifo")
@@ -77,9 +75,7 @@ class MIFifoServer:
         self._last_data = 0.0
         self._opening = []          # jobs whose reply FIFO has no reader yet
         self._writing = {}          # fd -> (job, give-up time)
-        self._done = collections.deque()    # slow commands finished on the helper thread
-        self._wake_r = self._wake_w = None
-        self._executor = None
+        self._slow = None           # SLOW commands run on its helper thread
         self._notifier = None
         self.watch = None           # how a deleted FIFO is noticed: "inotify" or "stat"
 
@@ -92,8 +88,8 @@ class MIFifoServer:
         except OSError as e:
             raise MIFifoError("MI FIFO reply_dir %s: %s" % (self.reply_dir, e.strerror)) from None
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._slow = SlowCalls("mi-slow")
+        self._sel.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_wake)
         try:
             self._create_fifo()
         except MIFifoError:
@@ -108,11 +104,11 @@ class MIFifoServer:
 
     def close(self):
         """Stop serving: finish slow commands, close everything, remove the FIFO."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        while self._done:       # finished after the loop stopped: nobody will write them now
-            self._finish(self._done.popleft()[0], "server shutting down")
+        if self._slow is not None:
+            # finished after the loop stopped: nobody will write them now
+            for job, _ in self._slow.close():
+                self._finish(job, "server shutting down")
+            self._slow = None
         for job in list(self._opening):
             self._drop(job, "server shutting down")
         for fd, (job, _) in list(self._writing.items()):
@@ -124,10 +120,6 @@ class MIFifoServer:
             os.close(self._fd)
             self._fd = None
             self.fifo.remove()
-        for fd in (self._wake_r, self._wake_w):
-            if fd is not None:
-                os.close(fd)
-        self._wake_r = self._wake_w = None
         if self._sel is not None:
             self._sel.close()
             self._sel = None
@@ -263,10 +255,7 @@ class MIFifoServer:
             return
         self._count("requests")
         if job.command in SLOW:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="mi-slow")
-            future = self._executor.submit(self._call, job)
-            future.add_done_callback(lambda f: self._finished_elsewhere(job, f.result()))
+            self._slow.submit(job, lambda: self._call(job))
             return
         self._reply(job, self._call(job))
 
@@ -277,22 +266,9 @@ class MIFifoServer:
             log.exception("MI FIFO: command %r failed", job.command)
             return None
 
-    def _finished_elsewhere(self, job, result):
-        self._done.append((job, result))
-        try:
-            os.write(self._wake_w, b"!")
-        except (BlockingIOError, TypeError, OSError):
-            pass        # already woken, or shutting down
-
     def _on_wake(self, fd, mask):
-        while True:
-            try:
-                if not os.read(fd, 4096):
-                    break
-            except BlockingIOError:
-                break
-        while self._done:
-            self._reply(*self._done.popleft())
+        for job, result in self._slow.finished():
+            self._reply(job, result)
 
     def _reply(self, job, result):
         """Turn a command's result into bytes and start writing them."""

@@ -22,6 +22,11 @@ from kamflat.manage import select_statistics, stat_line
 SERVER_VERSION = "kamailio 5.6.3 (%s/%s) " % (platform.machine() or "x86_64", sys.platform)
 
 
+# Methods that may take a while (a rotation waits for every writer): the servers run
+# them on a helper thread (fifoio.SlowCalls) so they do not hold up other clients.
+SLOW = frozenset(("flatstore.rotate", "flatstore.k_rotate"))
+
+
 class RpcFault(Exception):
     """An RPC error reply: rpc->fault(code, message)."""
 

@@ -355,6 +355,45 @@ def test_close_leaves_a_fifo_that_is_not_its_own(tmp_path):
     assert os.path.exists(path)
 
 
+
+def hang_rotation(management, most=1.0):
+    """Make rotate() block like a rotation waiting for a hung writer (up to `most` s,
+    or until `release` is set); returns the (started, release) events."""
+    started, release = threading.Event(), threading.Event()
+
+    def rotate():
+        started.set()
+        release.wait(most)
+        management.rotations += 1
+        return []
+    management._rotate = rotate
+    return started, release
+
+
+def test_slow_rotation_does_not_hold_up_other_clients(tmp_path):
+    srv = Server(tmp_path / "rpc.fifo")
+    started, release = hang_rotation(srv.management)
+    rot = ReplyFifo("kfrot" + TAG)
+    ver = ReplyFifo("kfver" + TAG)
+    try:
+        srv.send(request("flatstore.rotate", "kfrot" + TAG, 1))
+        assert started.wait(5)
+        sent = time.monotonic()
+        srv.send(request("core.version", "kfver" + TAG, 2))
+        assert json.loads(ver.read_reply())["id"] == 2
+        waited = time.monotonic() - sent
+        assert srv.management.rotations == 0        # answered while the rotation hangs
+        assert waited < 0.1
+        release.set()
+        assert json.loads(rot.read_reply()) == {"jsonrpc": "2.0", "result": {}, "id": 1}
+        assert srv.management.rotations == 1
+    finally:
+        release.set()
+        rot.close()
+        ver.close()
+        srv.close()
+
+
 # -- kamflat rpc (the client)
 
 def test_client_request_bytes_are_kamctls():
