@@ -59,7 +59,9 @@ def personalise(request, name):
 
 def make_management():
     m = Management.standalone(argv=["kamflat", "serve", "-f", "kamflat.cfg"])
-    procs = [Process(0, os.getpid(), 0, "main process - attendant"),
+    # MI's (Kamailio 3.3's) name for rank 0, as Management gives it: the RPC
+    # methods must print 5.6's "main process - attendant"
+    procs = [Process(0, os.getpid(), 0, "attendant"),
              Process(1, os.getpid(), 1, "udp receiver child=0 sock=127.0.0.1:5070")]
     m._processes = lambda: procs
     m.rotations = 0
