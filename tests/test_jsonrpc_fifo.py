@@ -231,6 +231,11 @@ def test_replay_recorded_cases(server, caplog):
                 fifo.open_reader()
             if case["expect"] == "reply" or case["name"] in DEVIATIONS:
                 got = fifo.read_reply()
+                # one reply per open of the reply FIFO: the reader may see EOF between
+                # two replies (two_requests_one_write), so read as many as were recorded
+                recorded = base64.b64decode(case.get("reply_b64") or b"")
+                while got.count(b"}{") < recorded.count(b"}{"):
+                    got += fifo.read_reply()
             else:
                 probe(server)           # once the probe is answered, the case is done
                 got = fifo.read_available() if fifo and fifo.fd is not None else b""
