@@ -127,7 +127,7 @@ class CtlServer:
             if self._listener.type == socket.SOCK_STREAM:
                 self._listener.listen(64)
             self._listener.setblocking(False)
-        except OSError as exc:
+        except (OSError, KeyError) as exc:      # KeyError: unknown user or group name
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None

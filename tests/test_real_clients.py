@@ -151,6 +151,14 @@ def test_kamcmd_rotate(ctl, method):
     assert management.rotations == 1
 
 
+@pytest.mark.parametrize("user", ["no-such-user", ""])
+def test_ctl_unknown_user_is_a_clear_error(tmp_path, user):
+    server = CtlServer("unixs:%s/ctl" % tmp_path, management=make_management(), user=user)
+    with pytest.raises(OSError, match="cannot open ctl socket unixs:%s/ctl: .*name not found"
+                       % tmp_path):
+        server.open()
+
+
 def ctl_client(address, bind_to):
     """A socket of the address's kind, connected to the ctl server."""
     kind, target = parse_address(address)
