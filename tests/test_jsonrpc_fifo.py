@@ -401,6 +401,20 @@ def test_slow_rotation_does_not_hold_up_other_clients(tmp_path):
         srv.close()
 
 
+
+def test_reply_name_no_utf8_can_carry_does_not_hold_up_the_next_request(server, caplog):
+    fifo = ReplyFifo("kfsur" + TAG)
+    try:
+        bad = b'{"jsonrpc": "2.0", "method": "core.version", "reply_name": "a\\ud800", "id": 1}\n'
+        server.send(bad + request("core.version", "kfsur" + TAG, 2))
+        assert json.loads(fifo.read_reply())["id"] == 2
+        wait_until(lambda: "Forbidden reply fifo filename" in caplog.text, timeout=5,
+                   what="the bad reply name to be refused")
+        assert "unexpected error" not in caplog.text
+    finally:
+        fifo.close()
+
+
 # -- kamflat rpc (the client)
 
 def test_client_request_bytes_are_kamctls():
