@@ -4,7 +4,9 @@
 stream socket (`unix:` and `unixs:` are the same, a bare path too), a unix datagram
 socket (`unixd:`), or `tcp:HOST:PORT` / `udp:HOST:PORT` (port 0 picks a free one;
 `.address` tells which). One non-blocking loop serves every client; a client that
-sends half a packet or stops reading its reply only holds its own connection.
+sends half a packet or stops reading its reply only holds its own connection. A
+slow method (a rotation) runs on a helper thread; only its own connection waits
+for it (replies on a connection keep the order of its requests).
 """
 import logging
 import os
@@ -14,8 +16,8 @@ import stat
 import time
 
 from kamflat import binrpc
-from kamflat.jsonrpc_fifo import owner_ids, remove_if, serve_until
-from kamflat.rpc_commands import Params, RpcCommands, RpcFault
+from kamflat.fifoio import SlowCalls, owner_ids, remove_if, serve_until
+from kamflat.rpc_commands import SLOW, Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.ctl")
 
@@ -24,8 +26,12 @@ ACCEPT_PAUSE = 0.1          # seconds without accepting after accept() failed
 MAX_PENDING_REPLY = 4 << 20     # a client that reads nothing is cut off past this
 
 
-def answer(packet, commands):
-    """The reply bytes for one request packet (a fault for anything wrong)."""
+def answer(packet, commands, defer=None):
+    """The reply bytes for one request packet (a fault for anything wrong).
+
+    With `defer`, a SLOW method is not run here: `defer(run)` gets the function
+    that runs it and returns its reply bytes, and answer returns None.
+    """
     def fault(code, message):
         return binrpc.encode_packet(binrpc.FAULT, packet.cookie,
                                     binrpc.encode_fault(code, message))
@@ -42,14 +48,22 @@ def answer(packet, commands):
     method = commands.lookup(name)
     if method is None:
         return fault(500, "command %s not found" % name)
-    try:
-        reply = commands.call(method, Params(params, "binrpc"))
-    except RpcFault as exc:
-        return fault(exc.code, exc.message)
-    except Exception as exc:        # a bug in a command must not take the server down
-        log.exception("ctl: %s failed", name)
-        return fault(500, "internal server error: %s" % exc)
-    return binrpc.encode_packet(binrpc.REPLY, packet.cookie, binrpc.encode_body(reply.values))
+
+    def run():
+        try:
+            reply = commands.call(method, Params(params, "binrpc"))
+        except RpcFault as exc:
+            return fault(exc.code, exc.message)
+        except Exception as exc:        # a bug in a command must not take the server down
+            log.exception("ctl: %s failed", name)
+            return fault(500, "internal server error: %s" % exc)
+        return binrpc.encode_packet(binrpc.REPLY, packet.cookie,
+                                    binrpc.encode_body(reply.values))
+
+    if defer is not None and name in SLOW:
+        defer(run)
+        return None
+    return run()
 
 
 def parse_address(address):
@@ -76,6 +90,7 @@ class _Client:
         self.reader = binrpc.PacketReader()
         self.out = bytearray()
         self.closing = False
+        self.waiting = False    # a slow method of this client is running
 
 
 class CtlServer:
@@ -93,6 +108,7 @@ class CtlServer:
         self._selector = None
         self._clients = {}
         self._accept_paused_until = None
+        self._slow = None
 
     def open(self):
         """Create and bind the socket. Raises OSError naming the address."""
@@ -111,13 +127,15 @@ class CtlServer:
             if self._listener.type == socket.SOCK_STREAM:
                 self._listener.listen(64)
             self._listener.setblocking(False)
-        except OSError as exc:
+        except (OSError, KeyError) as exc:      # KeyError: unknown user or group name
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
             raise OSError("cannot open ctl socket %s: %s" % (self.address, exc)) from exc
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._slow = SlowCalls("ctl-slow")
+        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, self._slow)
 
     def _open_unix(self):
         path = self.target
@@ -132,6 +150,9 @@ class CtlServer:
 
     def close(self):
         """Close every connection and the socket; remove a unix socket file."""
+        if self._slow is not None:
+            self._slow.close()      # waits for a running rotation; its reply is dropped
+            self._slow = None
         for client in list(self._clients.values()):
             self._disconnect(client)
         if self._selector is not None:
@@ -154,6 +175,9 @@ class CtlServer:
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_listener()
+            elif key.data is self._slow:
+                self._on_slow_done()
+                continue
             elif mask & selectors.EVENT_READ:
                 self._on_readable(key.data)
             if key.data is not None and mask & selectors.EVENT_WRITE:
@@ -200,10 +224,35 @@ class CtlServer:
         if not peer:
             log.error("ctl: datagram from an unbound unix socket: nowhere to reply")
             return
+        reply = answer(packet, self.commands,
+                       defer=lambda run: self._slow.submit(("datagram", peer), run))
+        if reply is not None:
+            self._send_datagram(reply, peer)
+
+    def _send_datagram(self, reply, peer):
         try:
-            self._listener.sendto(answer(packet, self.commands), peer)
+            self._listener.sendto(reply, peer)
         except OSError as exc:
             log.error("ctl: cannot reply to %r: %s", peer, exc)
+
+    def _on_slow_done(self):
+        for (kind, whom), reply in self._slow.finished():
+            if kind == "datagram":
+                if reply is not None:       # None: the helper thread logged why
+                    self._send_datagram(reply, whom)
+            elif self._clients.get(whom.sock.fileno()) is whom:     # still connected
+                self._slow_reply(whom, reply)
+
+    def _slow_reply(self, client, reply):
+        client.waiting = False
+        if reply is None:
+            self._disconnect(client)
+            return
+        client.out += reply
+        if client.sock.fileno() not in self._selector.get_map():    # it hung up meanwhile
+            self._selector.register(client.sock, selectors.EVENT_WRITE, client)
+        self._take_packets(client)
+        self._flush(client)
 
     # -- streams
 
@@ -215,10 +264,19 @@ class CtlServer:
         except OSError:
             data = b""
         if not data:
+            if client.waiting:      # it shut down its write side: answer, then hang up
+                client.closing = True
+                self._selector.unregister(client.sock)
+                return
             self._disconnect(client)
             return
         client.reader.receive_data(data)
-        while not client.closing:
+        self._take_packets(client)
+        self._flush(client)
+
+    def _take_packets(self, client):
+        """Answer the client's complete packets, in order, until one is slow."""
+        while not client.closing and not client.waiting:
             try:
                 packet = client.reader.next_packet()
             except binrpc.BinrpcError as exc:
@@ -230,8 +288,13 @@ class CtlServer:
                 break
             if packet is binrpc.NEED_DATA:
                 break
-            client.out += answer(packet, self.commands)
-        self._flush(client)
+            reply = answer(packet, self.commands, defer=lambda run: self._defer(client, run))
+            if reply is not None:
+                client.out += reply
+
+    def _defer(self, client, run):
+        client.waiting = True
+        self._slow.submit(("stream", client), run)
 
     def _flush(self, client):
         while client.out:

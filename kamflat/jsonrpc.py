@@ -36,6 +36,9 @@ import math
 import re
 from dataclasses import dataclass
 
+# jsonrpcs took its reply FIFO name rules (forbidden characters, length) from mi_fifo
+from kamflat.mi import check_reply_name
+
 MAX_DOCUMENT = 8190        # bytes per document, leftover leading blanks included
 KEEP_BYTES = 512           # head/tail of a skipped document kept for reply_name/id
 BLANKS = b" \t\r\n"
@@ -283,10 +286,6 @@ class FifoStream:
 
 # ---------------------------------------------------------------- requests
 
-FORBIDDEN_REPLY_CHARS = (".", "/", "\\", "\x00")
-MAX_REPLY_PATH = 127       # len(fifo_reply_dir) + len(reply_name) must not exceed it
-
-
 @dataclass(frozen=True)
 class Request:
     """A valid request. `method` is None when the document had none (Kamailio then
@@ -371,16 +370,6 @@ def parse_request(data, reply_dir="/tmp/"):
         params = []
     return Request(method, [_pairs_to_values(p) for p in params], reply_name,
                    reply_id(ident) if has_id else None, has_id)
-
-
-def check_reply_name(name, reply_dir="/tmp/"):
-    """Why `name` may not be used as a reply FIFO name, or None if it may."""
-    if any(ch in name for ch in FORBIDDEN_REPLY_CHARS):
-        return "Forbidden reply fifo filename: %s" % name
-    total = len(reply_dir.encode()) + len(name.encode())
-    if total > MAX_REPLY_PATH:
-        return "Reply fifo filename too long %d" % total
-    return None
 
 
 def reply_id(ident):

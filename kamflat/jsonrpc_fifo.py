@@ -6,25 +6,23 @@ into a reply job. A job first opens the client's reply FIFO (O_WRONLY|O_NONBLOCK
 must be a FIFO, not a symlink, not hard-linked), retrying for up to
 `reply_open_wait` seconds while no reader has it open yet (kamctl starts its `cat`
 after writing the request). Only then does the command run, so a request whose
-reply FIFO never opens does not run at all. The reply is written without blocking;
+reply FIFO never opens does not run at all; a slow one (a rotation) runs on a
+helper thread meanwhile. The reply is written without blocking;
 a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
 side by side, so a slow or absent client never holds up another.
 """
 import errno
-import grp
 import logging
 import os
-import pwd
 import selectors
 import stat
 import time
 
 from kamflat import jsonrpc
-from kamflat.rpc_commands import Params, RpcCommands, RpcFault
+from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo, serve_until
+from kamflat.rpc_commands import SLOW, Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.jsonrpc")
-
-POLL_INTERVAL = 0.05
 
 
 def answer(request, commands, formatted=True):
@@ -52,12 +50,13 @@ def answer(request, commands, formatted=True):
 class ReplyJob:
     """One reply on its way to /reply_dir/reply_name."""
 
-    def __init__(self, path, run, started):
+    def __init__(self, path, run, started, slow=False):
         self.path = path
         self.run = run            # () -> bytes: runs the command once the FIFO is open
+        self.slow = slow          # run it on the helper thread
         self.started = started
         self.fd = None
-        self.data = b""
+        self.data = None          # the reply, once the command has run
         self.give_up_at = None
 
 
@@ -68,9 +67,8 @@ class JsonRpcFifoServer:
                  reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
-        self.fifo_mode = 0o660 if fifo_mode is None else fifo_mode
-        self.fifo_user = fifo_user
-        self.fifo_group = fifo_group
+        self.fifo = ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
+                               fifo_user, fifo_group)
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
@@ -82,6 +80,7 @@ class JsonRpcFifoServer:
         self._last_rx = time.monotonic()
         self._jobs = []
         self._selector = None
+        self._slow = None
 
     # -- lifecycle
 
@@ -92,25 +91,23 @@ class JsonRpcFifoServer:
             st = os.lstat(path)
         except FileNotFoundError:
             st = None
-        if st is not None:
-            if not stat.S_ISFIFO(st.st_mode):
-                raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO"
-                              % path)
-            os.unlink(path)       # a stale FIFO from a previous run, as Kamailio does
+        if st is not None and not stat.S_ISFIFO(st.st_mode):
+            raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO" % path)
         try:
-            os.mkfifo(path, self.fifo_mode)
-            os.chmod(path, self.fifo_mode)
-            uid, gid = owner_ids(self.fifo_user, self.fifo_group)
-            if uid != -1 or gid != -1:
-                os.chown(path, uid, gid)
-            self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+            # a stale FIFO of a previous run is replaced, as Kamailio does
+            self._fd = self.fifo.create()
         except (OSError, KeyError) as exc:
             raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._fd, selectors.EVENT_READ, None)
+        self._slow = SlowCalls("jsonrpc-slow")
+        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, None)
 
     def close(self):
         """Stop serving: close every descriptor and remove the server FIFO."""
+        if self._slow is not None:
+            self._slow.close()      # waits for a running rotation; its reply is dropped
+            self._slow = None
         for job in self._jobs:
             self._close_job(job)
         self._jobs = []
@@ -120,7 +117,7 @@ class JsonRpcFifoServer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            remove_if(self.fifo_name, stat.S_ISFIFO)
+            self.fifo.remove()
 
     def serve(self, stop_event):
         """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
@@ -131,6 +128,8 @@ class JsonRpcFifoServer:
         for key, _mask in self._selector.select(self._wait_time(timeout)):
             if key.fd == self._fd:
                 self._read_requests()
+            else:
+                self._on_slow_done()
         self._check_idle()
         self._advance_jobs()
 
@@ -175,7 +174,7 @@ class JsonRpcFifoServer:
                 log.error("jsonrpc fifo: %s", problem)
             return reply
 
-        self._add_job(request.reply_name, run)
+        self._add_job(request.reply_name, run, slow=request.method in SLOW)
 
     def _on_rejected(self, event):
         log.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
@@ -195,9 +194,9 @@ class JsonRpcFifoServer:
 
     # -- replying
 
-    def _add_job(self, reply_name, run):
+    def _add_job(self, reply_name, run, slow=False):
         self._jobs.append(ReplyJob(os.path.join(self.reply_dir, reply_name), run,
-                                   time.monotonic()))
+                                   time.monotonic(), slow))
 
     def _wait_time(self, timeout):
         if self._jobs:
@@ -209,35 +208,40 @@ class JsonRpcFifoServer:
         for job in list(self._jobs):
             if job.path in busy:
                 continue
-            if job.fd is not None or self._open_reply(job):
+            if job.fd is None:
+                self._open_reply(job)
+            if job.data is not None:
                 self._write_reply(job)
             if job in self._jobs:
                 busy.add(job.path)
 
     def _open_reply(self, job):
-        """Try to open the job's reply FIFO. True once open; False to retry later
-        (the job stays) or when the job was dropped."""
+        """Try to open the job's reply FIFO; once it is open, run the command (a slow
+        one on the helper thread). If it cannot be opened yet the job stays, to be
+        retried; if it must not be, the job is dropped."""
         try:
-            fd = os.open(job.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                if time.monotonic() - job.started < self.reply_open_wait:
-                    return False
+            fd = open_reply_fifo(job.path)
+        except ReplyRefused as refused:
+            self._drop(job, str(refused))
+            return
+        if fd is None:                    # no reader yet
+            if time.monotonic() - job.started >= self.reply_open_wait:
                 self._drop(job, "no client at %s" % job.path)
-            elif exc.errno == errno.ELOOP:
-                self._drop(job, "security: %s is a soft link" % job.path)
-            else:
-                self._drop(job, "open error (%s): %s" % (job.path, exc.strerror))
-            return False
-        problem = _fifo_problem(fd, job.path)
-        if problem:
-            os.close(fd)
-            self._drop(job, "security: " + problem)
-            return False
+            return
         job.fd = fd
-        job.data = job.run()
+        if job.slow:
+            self._slow.submit(job, job.run)
+        else:
+            self._set_reply(job, job.run())
+
+    def _on_slow_done(self):
+        for job, reply in self._slow.finished():
+            if job in self._jobs:
+                self._set_reply(job, reply if reply is not None else b"")
+
+    def _set_reply(self, job, reply):
+        job.data = reply
         job.give_up_at = time.monotonic() + self.reply_write_timeout
-        return True
 
     def _write_reply(self, job):
         while job.data:
@@ -265,57 +269,6 @@ class JsonRpcFifoServer:
         if job.fd is not None:
             os.close(job.fd)
             job.fd = None
-
-
-def _fifo_problem(fd, path):
-    """Why the opened reply file may not be used (Kamailio's fifo_check), or None."""
-    fst = os.fstat(fd)
-    if not stat.S_ISFIFO(fst.st_mode):
-        return "%s is not a fifo" % path
-    if fst.st_nlink > 1:
-        return "%s is hard-linked %d times" % (path, fst.st_nlink)
-    try:
-        lst = os.lstat(path)
-    except OSError as exc:
-        return "lstat on %s failed: %s" % (path, exc.strerror)
-    if stat.S_ISLNK(lst.st_mode):
-        return "%s is a soft link" % path
-    if (lst.st_dev, lst.st_ino) != (fst.st_dev, fst.st_ino):
-        return "inode/dev number differ (%s)" % path
-    return None
-
-
-def serve_until(stop_event, serve_once, logger):
-    """A transport's main loop: `serve_once(timeout)` until `stop_event` is set.
-    An unexpected error in one turn is logged and the loop goes on, so one bad
-    request cannot stop the transport for every other client."""
-    while not stop_event.is_set():
-        try:
-            serve_once(POLL_INTERVAL)
-        except Exception:
-            logger.exception("unexpected error; continuing")
-            time.sleep(POLL_INTERVAL)
-
-
-def remove_if(path, is_kind):
-    """Unlink `path` if it is (still) of the kind this server created."""
-    try:
-        if is_kind(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def owner_ids(user, group):
-    """(uid, gid) for a user and group given as numbers or names; -1 leaves one as it is.
-    Raises KeyError for an unknown name."""
-    def numeric(value, lookup, attr):
-        if value is None or value == "":
-            return -1
-        if isinstance(value, int) or str(value).isdigit():
-            return int(value)
-        return getattr(lookup(value), attr)
-    return numeric(user, pwd.getpwnam, "pw_uid"), numeric(group, grp.getgrnam, "gr_gid")
 
 
 def _excerpt(data, limit=120):

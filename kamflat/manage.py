@@ -34,6 +34,29 @@ class Stat:
     value: int
 
 
+def select_statistics(stats, spec):
+    """The counters one get/reset/clear_statistics argument names, as kex selects them.
+
+    "all" -> every counter, "group:" -> that group's, anything else -> the first
+    counter with that name. Kamailio walks its counters sorted by group, then name;
+    so does this, and both MI and RPC print them in that order.
+    """
+    if spec == "all":
+        chosen = stats
+    elif len(spec) > 1 and spec.endswith(":"):
+        chosen = [s for s in stats if s.group == spec[:-1]]
+    else:
+        chosen = [s for s in stats if s.name == spec][:1]
+    return sorted(chosen, key=lambda s: (s.group, s.name))
+
+
+def stat_line(stat, old=None):
+    """kex's "group:name = value"; clear_statistics adds " (old)" when it changed."""
+    if old is not None and old != stat.value:
+        return "%s:%s = %d (%d)" % (stat.group, stat.name, stat.value, old)
+    return "%s:%s = %d" % (stat.group, stat.name, stat.value)
+
+
 class Statistics:
     """Named counters in registration order, grouped like Kamailio's (`core:rcv_requests`).
 

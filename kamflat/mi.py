@@ -99,11 +99,22 @@ def wire(s):
     return s.encode("utf-8", "surrogateescape")
 
 
+def _wire_length(s):
+    """Bytes `s` takes on the wire. A JSON-RPC name may hold a lone surrogate (a
+    "\\ud800" escape) that no UTF-8 can carry: counted as the 3 bytes a C decoder
+    writes for it, so the check answers instead of raising (opening such a name
+    is then refused by fifoio)."""
+    try:
+        return len(wire(s))
+    except UnicodeEncodeError:
+        return len(s.encode("utf-8", "surrogatepass"))
+
+
 def check_reply_name(name, reply_dir):
     """Why Kamailio would refuse this reply FIFO name, or None if it is fine."""
     if any(c in name for c in FORBIDDEN_IN_REPLY_NAME):
         return "Forbidden reply fifo filename: %s" % name
-    length = len(wire(reply_dir)) + len(wire(name))
+    length = _wire_length(reply_dir) + _wire_length(name)
     if length > REPLY_PATH_MAX:
         return "Reply fifo filename too long %d" % length
     return None

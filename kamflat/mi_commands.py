@@ -9,9 +9,10 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kamflat import __version__
+from kamflat.manage import select_statistics, stat_line
 from kamflat.mi import Node
 
 log = logging.getLogger("kamflat.mi")
@@ -56,28 +57,6 @@ def parse_sint(value):
     if not digits or not digits.isascii() or not digits.isdigit():
         return None
     return int(value)
-
-
-def parse_shvset(values):
-    """pv's `shvset` modparam values ("name=i:1", "name=s:text") -> {name: int|str}.
-
-    Raises ValueError naming the bad value.
-    """
-    shv = {}
-    for raw in values:
-        name, eq, typed = raw.partition("=")
-        kind, colon, value = typed.partition(":")
-        name = name.strip()
-        if not eq or not colon or not name or kind not in ("i", "s"):
-            raise ValueError("shvset %r: expected NAME=i:INTEGER or NAME=s:TEXT" % raw)
-        if kind == "i":
-            number = parse_sint(value.strip())
-            if number is None:
-                raise ValueError("shvset %r: %r is not an integer" % (raw, value))
-            shv[name] = number
-        else:
-            shv[name] = value
-    return shv
 
 
 # -- kex ----------------------------------------------------------------------
@@ -128,27 +107,12 @@ def cmd_debug(m, args):
     return Reply(200, "OK", (Node("DEBUG", str(m.debug)),))
 
 
-def stat_line(stat, value=None, old=None):
-    shown = stat.value if value is None else value
-    if old is not None and old != shown:
-        return Node(value="%s:%s = %d (%d)" % (stat.group, stat.name, shown, old))
-    return Node(value="%s:%s = %d" % (stat.group, stat.name, shown))
-
-
-def select_stats(stats, wanted):
-    """The statistics one argument names: `all`, `group:` or a plain name."""
-    if wanted == "all":
-        return sorted(stats, key=lambda s: (s.group, s.name))
-    if len(wanted) > 1 and wanted.endswith(":"):
-        return sorted((s for s in stats if s.group == wanted[:-1]), key=lambda s: s.name)
-    return [s for s in stats if s.name == wanted][:1]
-
-
 def cmd_get_statistics(m, args):
     if not args:
         return Reply(400, MISSING_PARAMS)
     stats = m.statistics.snapshot()
-    nodes = [stat_line(s) for a in args if a.value for s in select_stats(stats, a.value)]
+    nodes = [Node(value=stat_line(s))
+             for a in args if a.value for s in select_statistics(stats, a.value)]
     return Reply(200, "OK", tuple(nodes)) if nodes else Reply(404, "Statistics Not Found")
 
 
@@ -173,9 +137,9 @@ def cmd_clear_statistics(m, args):
     for a in args:
         if not a.value:
             continue
-        for s in select_stats(stats, a.value):
+        for s in select_statistics(stats, a.value):
             new = 0 if m.statistics.reset(s.group, s.name) else s.value
-            nodes.append(stat_line(s, new, s.value))
+            nodes.append(Node(value=stat_line(replace(s, value=new), old=s.value)))
     return Reply(200, "OK", tuple(nodes)) if nodes else Reply(404, "Statistics Not Found")
 
 

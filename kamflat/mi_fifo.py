@@ -19,18 +19,13 @@ IO only: the grammar and reply framing are in `mi.py`, the commands in
 - If the server FIFO is deleted or renamed away, it is recreated at once
   (pyinotify when it is installed, else an os.stat on every loop tick).
 """
-import collections
-import errno
-import grp
 import logging
 import os
-import pwd
 import selectors
-import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from kamflat import mi
+from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo
 from kamflat.mi_commands import SLOW, CloseThen, MICommands, Reply
 
 log = logging.getLogger("kamflat.mi_fifo")
@@ -40,10 +35,6 @@ DEFAULT_MODULES = ("kex", "pv", "db_flatstore", "mi_fifo")
 
 class MIFifoError(Exception):
     """The server FIFO could not be set up; the message names the path."""
-
-
-class ReplyRefused(Exception):
-    """The reply FIFO cannot be used: drop the request (message says why)."""
 
 
 class ReplyJob:
@@ -71,9 +62,7 @@ class MIFifoServer:
                  reply_dir="/tmp/", reply_indent="\t", modules=DEFAULT_MODULES,
                  management=None, request_timeout=5.0, reply_timeout=5.0):
         self.fifo_name = fifo_name
-        self.fifo_mode = fifo_mode
-        self.fifo_user = fifo_user
-        self.fifo_group = fifo_group
+        self.fifo = ServerFifo(fifo_name, fifo_mode, fifo_user, fifo_group)
         self.reply_dir = reply_dir
         self.reply_indent = reply_indent
         self.request_timeout = request_timeout
@@ -83,13 +72,10 @@ class MIFifoServer:
         self.parser = mi.MIParser(self.commands.names, self.commands.no_input, reply_dir)
         self._sel = None
         self._fd = None
-        self._ident = None          # (st_dev, st_ino) of the FIFO we created
         self._last_data = 0.0
         self._opening = []          # jobs whose reply FIFO has no reader yet
         self._writing = {}          # fd -> (job, give-up time)
-        self._done = collections.deque()    # slow commands finished on the helper thread
-        self._wake_r = self._wake_w = None
-        self._executor = None
+        self._slow = None           # SLOW commands run on its helper thread
         self._notifier = None
         self.watch = None           # how a deleted FIFO is noticed: "inotify" or "stat"
 
@@ -102,8 +88,8 @@ class MIFifoServer:
         except OSError as e:
             raise MIFifoError("MI FIFO reply_dir %s: %s" % (self.reply_dir, e.strerror)) from None
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._slow = SlowCalls("mi-slow")
+        self._sel.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_wake)
         try:
             self._create_fifo()
         except MIFifoError:
@@ -118,11 +104,11 @@ class MIFifoServer:
 
     def close(self):
         """Stop serving: finish slow commands, close everything, remove the FIFO."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        while self._done:       # finished after the loop stopped: nobody will write them now
-            self._finish(self._done.popleft()[0], "server shutting down")
+        if self._slow is not None:
+            # finished after the loop stopped: nobody will write them now
+            for job, _ in self._slow.close():
+                self._finish(job, "server shutting down")
+            self._slow = None
         for job in list(self._opening):
             self._drop(job, "server shutting down")
         for fd, (job, _) in list(self._writing.items()):
@@ -133,12 +119,7 @@ class MIFifoServer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if self._fifo_is_ours():
-                os.unlink(self.fifo_name)
-        for fd in (self._wake_r, self._wake_w):
-            if fd is not None:
-                os.close(fd)
-        self._wake_r = self._wake_w = None
+            self.fifo.remove()
         if self._sel is not None:
             self._sel.close()
             self._sel = None
@@ -156,40 +137,17 @@ class MIFifoServer:
     # -- the server FIFO ------------------------------------------------------------
 
     def _create_fifo(self):
-        # Made under a temporary name, opened, then renamed over whatever is at
-        # fifo_name (a stale FIFO or file: Kamailio replaces it too), so no client
-        # ever finds the FIFO without its reader.
-        path = self.fifo_name
-        tmp = "%s.kamflat-%d" % (path, os.getpid())
-        fd = None
         try:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.mkfifo(tmp, 0o600)
-            fd = os.open(tmp, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            os.chmod(tmp, self.fifo_mode)
-            if self.fifo_user is not None or self.fifo_group is not None:
-                os.chown(tmp, _uid(self.fifo_user), _gid(self.fifo_group))
-            os.rename(tmp, path)
+            fd = self.fifo.create()
         except (OSError, KeyError) as e:
-            if fd is not None:
-                os.close(fd)
-                os.unlink(tmp)
-            raise MIFifoError("cannot create MI FIFO %s: %s" % (path, getattr(e, "strerror", e))) from None
-        st = os.fstat(fd)
-        old, self._fd, self._ident = self._fd, fd, (st.st_dev, st.st_ino)
+            raise MIFifoError("cannot create MI FIFO %s: %s"
+                              % (self.fifo_name, getattr(e, "strerror", e))) from None
+        old, self._fd = self._fd, fd
         self._sel.register(fd, selectors.EVENT_READ, self._on_request_bytes)
         if old is not None:             # bytes written before the old one was deleted still count
             self._read_all(old, most=1024)
             self._sel.unregister(old)
             os.close(old)
-
-    def _fifo_is_ours(self):
-        try:
-            st = os.lstat(self.fifo_name)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._ident
 
     def _check_fifo(self):
         """Recreate the FIFO if it is gone (someone deleted or moved it)."""
@@ -297,10 +255,7 @@ class MIFifoServer:
             return
         self._count("requests")
         if job.command in SLOW:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="mi-slow")
-            future = self._executor.submit(self._call, job)
-            future.add_done_callback(lambda f: self._finished_elsewhere(job, f.result()))
+            self._slow.submit(job, lambda: self._call(job))
             return
         self._reply(job, self._call(job))
 
@@ -311,22 +266,9 @@ class MIFifoServer:
             log.exception("MI FIFO: command %r failed", job.command)
             return None
 
-    def _finished_elsewhere(self, job, result):
-        self._done.append((job, result))
-        try:
-            os.write(self._wake_w, b"!")
-        except (BlockingIOError, TypeError, OSError):
-            pass        # already woken, or shutting down
-
     def _on_wake(self, fd, mask):
-        while True:
-            try:
-                if not os.read(fd, 4096):
-                    break
-            except BlockingIOError:
-                break
-        while self._done:
-            self._reply(*self._done.popleft())
+        for job, result in self._slow.finished():
+            self._reply(job, result)
 
     def _reply(self, job, result):
         """Turn a command's result into bytes and start writing them."""
@@ -399,47 +341,3 @@ class MIFifoServer:
         if stats is not None:
             stats.add("mi_fifo", name, 1)
 
-
-def open_reply_fifo(path):
-    """Open a reply FIFO O_WRONLY|O_NONBLOCK after Kamailio's security checks.
-
-    Returns the fd, or None when it has no reader yet (ENXIO: try again later).
-    Raises ReplyRefused (with Kamailio's wording) when it must not be used. Unlike
-    Kamailio, which opens first and checks after, this checks with lstat before
-    opening, so a regular file or device named by a client is never opened.
-    """
-    try:
-        st = os.lstat(path)
-    except ValueError:
-        raise ReplyRefused("Forbidden reply fifo filename: %r" % path) from None
-    except OSError as e:
-        raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
-    if stat.S_ISLNK(st.st_mode):
-        raise ReplyRefused("security: %s is a soft link" % path)
-    if not stat.S_ISFIFO(st.st_mode):
-        raise ReplyRefused("security: %s is not a fifo" % path)
-    if st.st_nlink > 1:
-        raise ReplyRefused("security: %s is hard-linked %d times" % (path, st.st_nlink))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            return None
-        raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
-    fst = os.fstat(fd)
-    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or fst.st_nlink > 1:
-        os.close(fd)
-        raise ReplyRefused("security: %s changed while it was being opened" % path)
-    return fd
-
-
-def _uid(user):
-    if user is None:
-        return -1
-    return int(user) if str(user).isdigit() else pwd.getpwnam(user).pw_uid
-
-
-def _gid(group):
-    if group is None:
-        return -1
-    return int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid

@@ -15,9 +15,21 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from kamflat.manage import select_statistics, stat_line
+
 # What core.version says. kamflat answers as the Kamailio release it emulates, so
 # tools that parse the version string see what they would see against Kamailio.
 SERVER_VERSION = "kamailio 5.6.3 (%s/%s) " % (platform.machine() or "x86_64", sys.platform)
+
+
+# Process table names that Kamailio 5.x changed. Management.processes() gives the
+# names MI `ps` prints (Kamailio 3.3: rank 0 is "attendant"); core.ps, core.psx and
+# core.psa print 5.6's. Any other name is the same in both.
+RPC_PROCESS_NAMES = {"attendant": "main process - attendant"}
+
+# Methods that may take a while (a rotation waits for every writer): the servers run
+# them on a helper thread (fifoio.SlowCalls) so they do not hold up other clients.
+SLOW = frozenset(("flatstore.rotate", "flatstore.k_rotate"))
 
 
 class RpcFault(Exception):
@@ -116,26 +128,6 @@ class Method:
     array: bool = False
 
 
-def stat_line(stat, old=None):
-    """kex's "group:name = value" (clear_statistics adds " (old)" when it changed)."""
-    if old is not None and old != stat.value:
-        return "%s:%s = %d (%d)" % (stat.group, stat.name, stat.value, old)
-    return "%s:%s = %d" % (stat.group, stat.name, stat.value)
-
-
-def select_statistics(stats, spec):
-    """The statistics one get/reset/clear argument names, as kex selects them:
-    "all" -> every counter, "group:" -> that group, else the counter with that name.
-    Kamailio iterates its counters sorted by group, then name; so does this."""
-    if spec == "all":
-        chosen = list(stats)
-    elif spec.endswith(":"):
-        chosen = [s for s in stats if s.group == spec[:-1]]
-    else:
-        chosen = [s for s in stats if s.name == spec][:1]
-    return sorted(chosen, key=lambda s: (s.group, s.name))
-
-
 class RpcCommands:
     """The method table, bound to one Management."""
 
@@ -229,19 +221,23 @@ class RpcCommands:
         return [{"now": time.ctime(now), "up_since": time.ctime(started),
                  "uptime": now - started}]
 
+    def _processes(self):
+        """The process table with Kamailio 5.6's names (RPC_PROCESS_NAMES)."""
+        return [replace(p, desc=RPC_PROCESS_NAMES.get(p.desc, p.desc))
+                for p in self.management.processes()]
+
     def ps(self, params):
         out = []
-        for p in self.management.processes():
+        for p in self._processes():
             out += [p.pid, p.desc]
         return out
 
     def psx(self, params):
-        return [{"IDX": p.idx, "PID": p.pid, "DSC": p.desc}
-                for p in self.management.processes()]
+        return [{"IDX": p.idx, "PID": p.pid, "DSC": p.desc} for p in self._processes()]
 
     def psa(self, params):
         return [{"index": p.idx, "pid": p.pid, "status": 1, "rank": p.rank,
-                 "description": p.desc} for p in self.management.processes()]
+                 "description": p.desc} for p in self._processes()]
 
     def pwd(self, params):
         return [os.getcwd()]

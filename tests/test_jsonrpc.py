@@ -219,3 +219,22 @@ def test_pretty_format_0_is_compact():
         b'"value":"abc"},"shv":{"name":"one","type":"int","value":1}}},"id":4309}')
     assert jsonrpc.encode_reply(result=["a", "1"], formatted=False) == \
         b'{"jsonrpc":"2.0","result":["a","1"]}'
+
+
+def test_process_names_are_kamailio_56s_over_rpc_and_33s_over_mi():
+    from kamflat.manage import Management, Process
+    from kamflat.mi_commands import MICommands
+    from kamflat.rpc_commands import Params, RpcCommands
+    m = Management.standalone()
+    m._processes = lambda: [Process(0, 10, 0, "attendant"), Process(1, 11, 1, "MI FIFO")]
+    rpc = RpcCommands(m)
+
+    def call(name):
+        return rpc.call(rpc.lookup(name), Params([])).values
+    assert call("core.psx") == [{"IDX": 0, "PID": 10, "DSC": "main process - attendant"},
+                                {"IDX": 1, "PID": 11, "DSC": "MI FIFO"}]
+    assert call("core.ps") == [10, "main process - attendant", 11, "MI FIFO"]
+    assert [p["description"] for p in call("core.psa")] == ["main process - attendant",
+                                                           "MI FIFO"]
+    mi_ps = MICommands(["kex"], m).run("ps")
+    assert [dict(node.attrs)["Type"] for node in mi_ps.nodes] == ["attendant", "MI FIFO"]

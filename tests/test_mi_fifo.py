@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import DATA, run_kamflat, wait_until
+from kamflat.config import parse_config
 from kamflat.manage import Management, Process, Statistics
 from kamflat.mi_client import exchange, kamctl_output, make_reply_fifo, write_request
-from kamflat.mi_commands import parse_shvset
 from kamflat.mi_fifo import MIFifoError, MIFifoServer
 
 CASES = json.loads((DATA / "mi_classic_cases.json").read_text())["exchanges"]
@@ -53,7 +53,10 @@ class Running:
             argv=argv, statistics=stats, stop=self.stopped.set, rotate=self._rotate,
             processes=lambda: [Process(0, PID, 0, "attendant"),
                                Process(1, PID, 1, "udp receiver child=0 sock=127.0.0.1:5090")])
-        self.management.shv.update(parse_shvset(["sv=s:init", "nv=i:1"]))
+        # what `kamflat serve` does with the config's pv shvset values
+        self.management.shv.update(parse_config(
+            'loadmodule "pv.so"\nmodparam("pv", "shvset", "sv=s:init")\n'
+            'modparam("pv", "shvset", "nv=i:1")\n', "kam.cfg").shv)
         self.path = str(tmp_path / "kamailio_fifo")
         kwargs = {"request_timeout": 0.5, "reply_timeout": 1.0, **kwargs}
         self.server = MIFifoServer(self.path, reply_dir="/tmp/", modules=MODULES,

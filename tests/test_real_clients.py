@@ -7,14 +7,18 @@ clients print is checked against what they print for those bytes.
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
-from test_jsonrpc_fifo import make_management
-from kamflat.ctl import CtlServer
+from test_jsonrpc_fifo import hang_rotation, make_management
+from kamflat import binrpc
+from kamflat.ctl import CtlServer, parse_address
 from kamflat.jsonrpc_fifo import JsonRpcFifoServer
+from kamflat.rpc_commands import SERVER_VERSION
 
 KAMCTL = shutil.which("kamctl") or ("/usr/sbin/kamctl" if os.path.exists("/usr/sbin/kamctl")
                                     else None)
@@ -145,6 +149,78 @@ def test_kamcmd_rotate(ctl, method):
     result = kamcmd(address, method)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert management.rotations == 1
+
+
+@pytest.mark.parametrize("user", ["no-such-user", ""])
+def test_ctl_unknown_user_is_a_clear_error(tmp_path, user):
+    server = CtlServer("unixs:%s/ctl" % tmp_path, management=make_management(), user=user)
+    with pytest.raises(OSError, match="cannot open ctl socket unixs:%s/ctl: .*name not found"
+                       % tmp_path):
+        server.open()
+
+
+def ctl_client(address, bind_to):
+    """A socket of the address's kind, connected to the ctl server."""
+    kind, target = parse_address(address)
+    family = socket.AF_UNIX if kind in ("unix", "unixd") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM if kind in ("unix", "tcp")
+                         else socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    if kind == "unixd":
+        sock.bind(str(bind_to))         # somewhere for the reply to go
+    sock.connect(target)
+    return sock
+
+
+def ctl_reply(sock, reader=None):
+    """The next whole binrpc packet from sock, as (type, values). Pass one reader
+    for several replies on one connection (a read may bring more than one)."""
+    reader = reader or binrpc.PacketReader()
+    while (packet := reader.next_packet()) is binrpc.NEED_DATA:
+        data = sock.recv(65536)
+        assert data, "connection closed before a whole reply"
+        reader.receive_data(data)
+    return packet.type, binrpc.decode_body(packet.body)
+
+
+def test_ctl_slow_rotation_does_not_hold_up_other_clients(ctl, tmp_path):
+    management, address = ctl
+    started, release = hang_rotation(management)
+    rot, ver = ctl_client(address, tmp_path / "rot"), ctl_client(address, tmp_path / "ver")
+    try:
+        rot.send(binrpc.encode_packet(binrpc.REQUEST, 1, binrpc.encode_body(["flatstore.rotate"])))
+        if rot.type == socket.SOCK_STREAM:
+            rot.shutdown(socket.SHUT_WR)    # a client that hangs up its side still gets it
+        assert started.wait(5)
+        sent = time.monotonic()
+        ver.send(binrpc.encode_packet(binrpc.REQUEST, 2, binrpc.encode_body(["core.version"])))
+        assert ctl_reply(ver) == (binrpc.REPLY, [SERVER_VERSION])
+        waited = time.monotonic() - sent
+        assert management.rotations == 0        # answered while the rotation hangs
+        assert waited < 0.1
+        release.set()
+        assert ctl_reply(rot) == (binrpc.REPLY, [])
+        assert management.rotations == 1
+    finally:
+        release.set()
+        rot.close()
+        ver.close()
+
+
+def test_ctl_replies_on_one_connection_keep_their_order(tmp_path):
+    management = make_management()
+    hang_rotation(management, most=0.2)
+    finish = serve(CtlServer("unixs:%s/ctl" % tmp_path, management=management))
+    sock = ctl_client("unixs:%s/ctl" % tmp_path, None)
+    try:
+        sock.send(binrpc.encode_packet(binrpc.REQUEST, 1, binrpc.encode_body(["flatstore.rotate"]))
+                  + binrpc.encode_packet(binrpc.REQUEST, 2, binrpc.encode_body(["core.version"])))
+        reader = binrpc.PacketReader()
+        assert ctl_reply(sock, reader) == (binrpc.REPLY, [])
+        assert ctl_reply(sock, reader) == (binrpc.REPLY, [SERVER_VERSION])
+    finally:
+        sock.close()
+        finish()
 
 
 @needs_kamcmd
