@@ -312,7 +312,7 @@ def write_output(run, output):
 
 
 def send(run, args):
-    from kamflat.client import SendError, send_bytes
+    from kamflat.client import send_bytes
     from kamflat.send import socket_path
     try:
         result = send_bytes(socket_path(args), run.blocks(), on_error=run.on_error)

@@ -70,7 +70,7 @@ def _parse_uri_slow(uri):
     host_start = None              # start of what may turn out to be the user part
 
     def still_at_user(p):
-        nonlocal user, host, port, s, found_user, error_headers, pass_at, state
+        nonlocal user, host, port, s, found_user, error_headers, state
         if found_user:
             raise fail("bad char %r" % uri[p])
         user = (host_start, pass_at if pass_at is not None else p)
