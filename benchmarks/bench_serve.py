@@ -70,7 +70,7 @@ def kamflat_rate(records, children, flush, blocks):
             rss = writer_rss_kb(server)
         finally:
             server.stop()
-        on_disk = sum(1 for _ in server.records())
+        on_disk = sum(1 for _ in server.lines())
         assert result.written == records == on_disk, (result, on_disk)
         return records / elapsed, rss
 

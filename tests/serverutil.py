@@ -1,72 +1,40 @@
-"""A real `kamflat serve` in a temporary directory, for the end-to-end tests."""
+"""A real `kamflat serve` in a temporary directory, for the end-to-end tests.
+
+It is the pytest plugin's KamflatServer (what users get) plus what these tests look
+at beyond a user's needs: raw MI requests, the processes and the files they hold.
+"""
 import os
 import select
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
-from conftest import kamflat_argv, kamflat_env, wait_until
-
-CONFIG = """#!KAMAILIO
-children={children}
-loadmodule "sl.so"
-loadmodule "kex.so"
-loadmodule "acc.so"
-loadmodule "db_flatstore.so"
-loadmodule "mi_fifo.so"
-modparam("mi_fifo", "fifo_name", "{tmp}/kamflat_fifo")
-modparam("acc", "db_url", "flatstore:{tmp}/acc")
-modparam("db_flatstore", "flush", {flush})
-modparam("kamflat", "ingest_socket", "{tmp}/ingest.sock")
-{extra}
-"""
+from kamflat.pytest_plugin import KamflatServer
 
 
-class Server:
-    """Starts `kamflat serve -f <generated config>`; stop() sends SIGTERM and reaps it."""
+class Server(KamflatServer):
+    """`kamflat serve` with `children`, `flush` and `extra` config lines; stop() sends
+    SIGTERM, reaps it and returns its exit status."""
 
     def __init__(self, tmp, children=2, flush=1, extra=""):
+        super().__init__(tmp, children=children, flush=flush, extra_cfg=extra)
         self.tmp = Path(tmp)
-        self.acc = self.tmp / "acc"
-        self.fifo = self.tmp / "kamflat_fifo"
-        self.ingest = self.tmp / "ingest.sock"
-        self.config = self.tmp / "kamflat.cfg"
-        self.config.write_text(CONFIG.format(children=children, tmp=self.tmp, flush=flush,
-                                             extra=extra))
-        self.stderr = []
-        self.proc = None
+        self.acc = Path(self.acc_dir)
+        self.fifo = Path(self.mi_fifo)
+        self.ingest = Path(self.ingest_socket)
+        self.config = Path(self.cfg_path)
+        self.write_config()       # so a test can also run `kamflat serve -f` on it itself
         self._replies = 0
 
-    def start(self, timeout=20):
-        self.proc = subprocess.Popen(kamflat_argv("serve", "-f", self.config),
-                                     env=kamflat_env(), stderr=subprocess.PIPE, text=True)
-        reader = threading.Thread(target=self._read_stderr, daemon=True)
-        reader.start()
-        wait_until(lambda: self.proc.poll() is not None or "kamflat ready" in self.log(),
-                   timeout, what="kamflat serve to be ready")
-        assert self.proc.poll() is None, "kamflat serve exited:\n" + self.log()
+    def start(self, timeout=20.0):
+        super().start(timeout)
         return self
 
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line)
+    def stop(self, timeout=60.0):
+        return super().stop(timeout)
 
-    def log(self):
-        return "".join(self.stderr)
-
-    def stop(self, timeout=60):
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc and self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("kamflat serve did not stop within %ss:\n%s"
-                                 % (timeout, self.log()))
+    @property
+    def proc(self):
+        return self.process
 
     def __enter__(self):
         return self.start()
@@ -76,8 +44,9 @@ class Server:
 
     def pids(self):
         """The pids of the master and all its children."""
-        children = Path("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid))
-        return [self.proc.pid] + [int(p) for p in children.read_text().split()]
+        pid = self.process.pid
+        children = Path("/proc/%d/task/%d/children" % (pid, pid))
+        return [pid] + [int(p) for p in children.read_text().split()]
 
     def open_files(self):
         """Every path any kamflat process holds open."""
@@ -102,7 +71,7 @@ class Server:
         finally:
             os.unlink(reply_path)
 
-    def records(self, table="acc", pattern="{table}_*.log*"):
+    def lines(self, table="acc", pattern="{table}_*.log*"):
         """Every line in every file of the table (live and renamed), as bytes."""
         lines = []
         for path in sorted(self.acc.glob(pattern.format(table=table))):
@@ -139,7 +108,6 @@ def _read_to_eof(fd, timeout):
     """Read a reply FIFO until the server closed it (EOF after at least one writer)."""
     data = b""
     deadline = time.monotonic() + timeout
-    opened = False
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.05)
         if not ready:
@@ -147,8 +115,7 @@ def _read_to_eof(fd, timeout):
         chunk = os.read(fd, 65536)
         if chunk:
             data += chunk
-            opened = True
-        elif opened or data:
+        elif data:
             return data
         else:
             # EOF before any writer: with O_NONBLOCK an unopened FIFO reads as EOF.

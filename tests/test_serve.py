@@ -40,7 +40,7 @@ def test_records_spread_over_writers_and_land_once(tmp_path):
         assert result.ok and result.written == 5000 and result.lines == 5000
     files = sorted(p.name for p in server.acc.iterdir())
     assert files == ["acc_129.log", "acc_130.log"]   # ranks 1 and 2, as Kamailio names them
-    check_exactly_once(server.records(), 5000)
+    check_exactly_once(server.lines(), 5000)
 
 
 def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
@@ -57,7 +57,7 @@ def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
         assert "line 7: line longer than 131072 bytes" in proc.stderr
         assert "sent 8 lines: 4 written, 4 refused" in proc.stderr
         assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 4
-    check_exactly_once(server.records(), 4)
+    check_exactly_once(server.lines(), 4)
 
 
 def test_config_error_starts_nothing(tmp_path):
@@ -95,7 +95,7 @@ def test_load_with_rotations_then_sigterm_loses_nothing(tmp_path, flush):
                 sender.wait()
     finally:
         assert server.stop() == 0
-    check_exactly_once(server.records(), total)
+    check_exactly_once(server.lines(), total)
     assert not server.ingest.exists() and not server.fifo.exists()
 
 
@@ -119,7 +119,7 @@ def test_sigterm_mid_stream_writes_everything_taken(tmp_path):
         thread.join(40)
     taken = result["r"]
     assert taken.stopped and taken.lines == taken.written > 0
-    check_exactly_once(server.records(), taken.lines)
+    check_exactly_once(server.lines(), taken.lines)
 
 
 def test_killed_writer_comes_back_with_same_rank_and_file(tmp_path):
@@ -137,7 +137,7 @@ def test_killed_writer_comes_back_with_same_rank_and_file(tmp_path):
         assert str(server.acc / "acc_129.log") in held
         assert statistic(server.mi("get_statistics", "core:"), "core:writer_restarts") == 1
         assert "died (killed by signal 9); restarting it with rank 1" in server.log()
-    lines = server.records()
+    lines = server.lines()
     assert sum(1 for line in lines if b"|after-" in line) == 1000
 
 
@@ -197,7 +197,7 @@ def test_writer_killed_mid_stream_the_sender_learns_which_lines_may_be_lost(tmp_
         assert not sender.is_alive() and taken.lines == total
     uncertain = {line for line, message in taken.errors if "the writer died" in message}
     assert taken.error_count == len(uncertain) and taken.written + len(uncertain) == total
-    seen = Counter(server.records())
+    seen = Counter(server.lines())
     assert max(seen.values()) == 1                       # nothing twice, nothing torn
     assert all(line.endswith(b"\n") for line in seen)
     missing = [i for i in range(total) if expected_line(i) not in seen]

@@ -64,5 +64,5 @@ def test_rotation_moves_the_next_records_into_new_files(tmp_path, client):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert not [p for p in server.open_files() if p.endswith(".old")]
         assert send(str(server.ingest), [acc_line(i, "after") for i in range(2000)]).ok
-    check_exactly_once(server.records(pattern="{table}_*.log.old"), 2000, "before")
-    check_exactly_once(server.records(pattern="{table}_*.log"), 2000, "after")
+    check_exactly_once(server.lines(pattern="{table}_*.log.old"), 2000, "before")
+    check_exactly_once(server.lines(pattern="{table}_*.log"), 2000, "after")
