@@ -23,6 +23,7 @@ log = logging.getLogger("kamflat.ingest")
 READ_SIZE = 1 << 16
 MAX_OUTPUT = 1 << 20      # error replies a sender has not read yet; past this, stop reading it
 STOP_GRACE = 10.0         # how long a stop waits for writers to report outstanding chunks
+STOP_READ_BUDGET = 1 << 22  # at a stop, bytes still read from each sender (what it had sent)
 
 
 class Sender:
@@ -130,14 +131,20 @@ class Ingest:
         except OSError as exc:
             log.info("ingest: connection lost: %s", exc)
             data = b""
-        if not data:
-            sender.eof = True
-            if sender.inbuf:            # a last line without its newline still counts
-                data = b"\n"
-            else:
-                self.maybe_done(sender)
-                return
-        self.take(sender, sender.inbuf + data)
+        if data:
+            self.take(sender, sender.inbuf + data)
+        else:
+            self.end_of_stream(sender)
+
+    def end_of_stream(self, sender):
+        sender.eof = True
+        if sender.skipping:             # the too-long last line ends here
+            sender.skipping = False
+            sender.next_line += 1
+        if sender.inbuf:                # a last line without its newline still counts
+            self.take(sender, sender.inbuf + b"\n")
+        else:
+            self.maybe_done(sender)
 
     def take(self, sender, data):
         if sender.skipping:
@@ -160,9 +167,6 @@ class Ingest:
             self.queue.append((sender, CHUNK_HEADER.pack(sender.id, sender.next_line) + complete))
             sender.outstanding += 1
             sender.next_line += complete.count(b"\n")
-        if sender.skipping and sender.eof:
-            sender.skipping = False
-            sender.next_line += 1
         self.maybe_done(sender)
 
     def maybe_done(self, sender):
@@ -264,7 +268,7 @@ class Ingest:
 
     def update_interest(self):
         """Read senders only while chunks can move on; write to those with output."""
-        room = not self.queue
+        room = not self.queue and not self.stopping   # a stop reads senders by itself
         for sender in list(self.senders.values()):
             events = 0
             if room and not sender.eof and len(sender.outbuf) < MAX_OUTPUT:
@@ -296,15 +300,17 @@ class Ingest:
         self.sel.unregister(self.listener)
         self.listener.close()
         for sender in list(self.senders.values()):
-            while not sender.eof:
+            budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
+            while not sender.eof and budget > 0:
                 try:
                     data = sender.sock.recv(READ_SIZE)
                 except (BlockingIOError, OSError):
                     break
-                if not data:
-                    sender.eof = True
-                    data = b"\n" if sender.inbuf else b""
-                self.take(sender, sender.inbuf + data)
+                budget -= len(data)
+                if data:
+                    self.take(sender, sender.inbuf + data)
+                else:
+                    self.end_of_stream(sender)
                 while self.queue:
                     self.dispatch()
                     if self.queue:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import kamflat_argv, kamflat_env, run_kamflat, wait_until
 from serverutil import Server, open_files_of, statistic
-from kamflat.client import send
+from kamflat.client import send, send_bytes
 
 
 def acc_line(i, tag="t"):
@@ -215,3 +215,12 @@ def test_sockets_that_cannot_be_made_stop_the_start_with_a_clear_line(tmp_path, 
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_over_long_last_line_without_newline_is_refused_and_the_sender_answered(tmp_path):
+    with Server(tmp_path) as server:
+        result = send_bytes(str(server.ingest), [(acc_line(0) + "\n").encode(),
+                                                 b'{"table": "acc", "values": ["' + b"x" * 300_000],
+                            timeout=20)
+        assert result.lines == 2 and result.written == 1
+        assert result.errors == [(2, "line longer than 131072 bytes")]
