@@ -333,10 +333,23 @@ class FlatConnection:
         """Write everything buffered and close every open file now; the next insert into a
         table reopens its file by name. Raises the first FlatstoreError after trying every
         file; records that could not be written stay buffered, none is lost."""
+        self._each_table(_TableFile.close)
+
+    def write_buffered(self):
+        """Write the records flush=False holds back (whole records), keeping files open.
+        Same errors as close_files()."""
+        self._each_table(_TableFile.write_pending)
+
+    @property
+    def buffered(self):
+        """True when flush=False holds records that are not in a file yet."""
+        return any(table.pending for table in self._files.values())
+
+    def _each_table(self, action):
         first_error = None
         for table in self._files.values():
             try:
-                table.close()
+                action(table)
             except FlatstoreError as error:
                 first_error = first_error or error
         if first_error is not None:

@@ -16,7 +16,7 @@ import signal
 import time
 
 from kamflat import ingestwire
-from kamflat.worker import CHUNK_HEADER
+from kamflat.worker import CHUNK_HEADER, MARKER
 
 log = logging.getLogger("kamflat.ingest")
 
@@ -59,11 +59,14 @@ class Ingest:
         self.senders = {}                      # connection id -> Sender
         self.by_fd = {}                        # socket fd -> Sender
         self.queue = collections.deque()      # chunks waiting for a writer with room
-        # Per writer: chunks handed over and not yet taken, and the one it holds. A writer
-        # takes one chunk at a time, so when a restarted writer says hello, the chunk its
-        # predecessor held is the only one that may be lost.
+        # Per writer socket: chunks handed over and not yet taken (in order), and the one
+        # the writer holds. A writer takes one chunk at a time and says so, so after a
+        # writer died the lost lines are known exactly: the chunk it held, and a chunk it
+        # had read but not yet announced (found when its successor takes a later one, or
+        # reaches the marker sent when it said hello).
         self.handed = {w.fileno(): collections.deque() for w in self.writers}
         self.held = {}
+        self.by_writer_fd = {w.fileno(): w for w in self.writers}
         self.next_writer = 0
         self.counter = 0
         self.stopping = False
@@ -219,14 +222,14 @@ class Ingest:
                     break
                 self.next_writer = (self.next_writer + attempt + 1) % len(self.writers)
                 self.queue.popleft()
-                self.handed[w.fileno()].append((sender, message))
+                self.handed[w.fileno()].append((sender, message))   # (sender, chunk)
                 break
             else:
                 return      # every writer is full: wait until one has room
 
     def refuse_chunk(self, sender, message, reason):
         _, first_line = CHUNK_HEADER.unpack_from(message)
-        count = message.count(b"\n")
+        count = message.count(b"\n", CHUNK_HEADER.size)   # the binary header may hold a 0x0A
         log.error("ingest: lines %d-%d: %s", first_line, first_line + count - 1, reason)
         for line_no in range(first_line, first_line + count):
             sender.error(line_no, reason)
@@ -244,15 +247,21 @@ class Ingest:
                 self.take_report(writer.fileno(), json.loads(message))
 
     def take_report(self, fd, report):
-        if "taken" in report:            # the writer took its next chunk
-            if self.handed[fd]:          # (else: handed over by an ingest that has died)
-                self.held[fd] = self.handed[fd].popleft()
+        if "taken" in report:            # the writer took this chunk
+            self.held[fd] = self.take_handed(fd, CHUNK_HEADER.pack(*report["taken"]))
+            return
+        if "marker" in report:           # everything handed before the marker was taken
+            self.take_handed(fd, MARKER)
             return
         if "hello" in report:            # a (re)started writer: its predecessor's chunk is gone
             lost = self.held.pop(fd, None)
-            if lost is not None and lost[0].id in self.senders:
-                self.refuse_chunk(*lost, "the writer died while writing these lines; "
-                                         "some of them may be in the file")
+            if lost is not None:
+                self.lost(lost)
+            try:
+                self.by_writer_fd[fd].send(MARKER)
+            except OSError:
+                return      # its queue is full: the next chunk it takes tells what was lost
+            self.handed[fd].append((None, MARKER))
             return
         self.held.pop(fd, None)
         sender = self.senders.get(report["c"])
@@ -265,6 +274,24 @@ class Ingest:
         sender.errors += report["x"] - len(report["e"])
         self.maybe_done(sender)
         self.flush_output(sender)
+
+    def take_handed(self, fd, header):
+        """The writer took the chunk starting with `header`: chunks handed before it and
+        never announced were read by a writer that died. Returns the entry (or None)."""
+        handed = self.handed[fd]
+        if not any(message.startswith(header) for _, message in handed):
+            return None     # handed over by an earlier ingest process
+        while True:
+            entry = handed.popleft()
+            if entry[1].startswith(header):
+                return entry
+            self.lost(entry)
+
+    def lost(self, entry):
+        sender, message = entry
+        if sender is not None and sender.id in self.senders:
+            self.refuse_chunk(sender, message, "the writer died while writing these lines; "
+                                               "some of them may be in the file")
 
     def update_interest(self):
         """Read senders only while chunks can move on; write to those with output."""

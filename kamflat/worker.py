@@ -32,9 +32,12 @@ from kamflat.flatstore import FlatstoreError
 log = logging.getLogger("kamflat.writer")
 
 CHUNK_HEADER = struct.Struct("!QQ")   # connection id, number of the chunk's first line
+MARKER = CHUNK_HEADER.pack(0, 0)      # not a chunk: "tell me when you get here"
 RETRY_INTERVAL = 0.1                  # seconds between attempts while writes fail
 SHUTDOWN_GRACE = 5.0                  # how long a failing write may delay a stop
 MAX_REPORT_ERRORS = 1000              # per chunk; the rest are counted, not described
+DATAGRAMS_PER_WAKEUP = 32             # SIP datagrams taken per select() before looking around
+BUFFER_AGE = 1.0                      # flush=0: the longest a record waits in memory
 
 
 class Chunk:
@@ -71,6 +74,7 @@ class Writer:
         self.pending = collections.deque()   # Chunks and SIP record lists not yet written
         self.retry_at = 0.0
         self.next_failure_log = 0.0
+        self.buffered_since = None           # when flush=0 started holding records back
         self.stopping = False
 
     # -- process setup ------------------------------------------------------
@@ -105,7 +109,7 @@ class Writer:
                     (sel.register(sock, selectors.EVENT_READ, tag) if want
                      else sel.unregister(sock))
                 reading = want
-            timeout = None if not self.pending else max(0.0, self.retry_at - time.monotonic())
+            timeout = self.next_timeout()
             for key, _ in sel.select(timeout):
                 if key.data == "wake":
                     _drain(self.wake_r)
@@ -116,8 +120,36 @@ class Writer:
                 else:
                     self.on_datagram(key.fileobj)
             self.work()
+            self.age_out_buffer()
         self.shutdown()
         return 0
+
+    def next_timeout(self):
+        """How long select() may wait: until the next retry of a failed write, or until
+        flush=0's buffered records are due; forever when there is nothing to do."""
+        due = []
+        if self.pending:
+            due.append(self.retry_at)
+        if self.buffered_since is not None:
+            due.append(self.buffered_since + BUFFER_AGE)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def age_out_buffer(self):
+        """With flush=0, records wait for a 64 KiB block, but never longer than BUFFER_AGE:
+        on a quiet server they would otherwise sit in memory for hours (Kamailio's do)."""
+        if self.buffered_since is None:
+            if self.conn.buffered:
+                self.buffered_since = time.monotonic()
+            return
+        if time.monotonic() < self.buffered_since + BUFFER_AGE:
+            return
+        try:
+            self.conn.write_buffered()
+        except FlatstoreError as exc:
+            log.error("writer %d: %s (buffered records kept, retried)", self.rank, exc)
+            self.buffered_since = time.monotonic()
+            return
+        self.buffered_since = time.monotonic() if self.conn.buffered else None
 
     def shutdown(self):
         """Write everything queued for this writer, then close the files."""
@@ -156,9 +188,12 @@ class Writer:
             self.take_chunk(message)
 
     def take_chunk(self, message):
+        if message == MARKER:
+            self.tell_ingest({"marker": 1})
+            return
         conn_id, first_line = CHUNK_HEADER.unpack_from(message)
+        self.tell_ingest({"taken": [conn_id, first_line]})
         self.pending.append(Chunk(conn_id, first_line, message[CHUNK_HEADER.size:]))
-        self.tell_ingest({"taken": first_line})
 
     def tell_ingest(self, report):
         try:
@@ -168,23 +203,30 @@ class Writer:
                       self.rank, report, exc)
 
     def on_datagram(self, sock):
-        try:
-            data, addr = sock.recvfrom(65535)
-        except BlockingIOError:
-            return
-        outcome = self.sip.handle(data, addr)   # never raises for bad input
-        if outcome.records:
-            # As Kamailio: the record is written before the reply goes out, so a client
-            # that reads the acc file after its reply finds it (with flush=1).
-            self.pending.append(collections.deque(outcome.records))
-            self.work()
-        if outcome.reply:
+        """Answer and account the datagrams waiting on `sock` (a few per wake-up)."""
+        handle = self.sip.handle     # never raises for bad input
+        for _ in range(DATAGRAMS_PER_WAKEUP):
             try:
-                sock.sendto(outcome.reply, outcome.reply_to or addr)
-            except OSError as exc:
-                log.warning("writer %d: could not send SIP reply to %s: %s", self.rank, addr, exc)
-        if outcome.reason:
-            log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1], outcome.reason)
+                data, addr = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            outcome = handle(data, addr)
+            if outcome.records:
+                # As Kamailio: the record is written before the reply goes out, so a
+                # client that reads the acc file after its reply finds it (flush=1).
+                self.pending.append(collections.deque(outcome.records))
+                self.work()
+            if outcome.reply:
+                try:
+                    sock.sendto(outcome.reply, outcome.reply_to or addr)
+                except OSError as exc:
+                    log.warning("writer %d: could not send SIP reply to %s: %s",
+                                self.rank, addr, exc)
+            if outcome.reason:
+                log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1],
+                         outcome.reason)
+            if self.pending:
+                break     # writes are failing: take nothing more until they succeed
         for name, n in self.sip.take_counters().items():
             group, _, stat = name.partition(":")
             self.state.add(group, stat, n)

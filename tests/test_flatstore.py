@@ -390,3 +390,19 @@ def test_other_db_operations_are_not_supported(tmp_path, operation):
     with pytest.raises(NotSupportedError, match="%s\\(\\) is not supported by flatstore"
                        % operation):
         getattr(conn, operation)("acc", ["id"], [1])
+
+
+def test_write_buffered_writes_whole_records_and_keeps_the_file_open(tmp_path):
+    conn = kamflat.connect("flatstore:%s" % tmp_path, rank=1, flush=False)
+    conn.use_table("acc")
+    assert not conn.buffered
+    conn.insert(None, ["INVITE", "a|b", 1])
+    conn.insert(None, ["BYE", "", None])
+    path = tmp_path / "acc_129.log"
+    assert conn.buffered and path.read_bytes() == b""
+    conn.write_buffered()
+    assert not conn.buffered
+    assert path.read_bytes() == b"INVITE|a%7Cb|1\nBYE||\n"
+    conn.insert(None, ["ACK", "x", 2])             # same file, still open
+    conn.close()
+    assert path.read_bytes().endswith(b"ACK|x|2\n")

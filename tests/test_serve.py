@@ -224,3 +224,12 @@ def test_an_over_long_last_line_without_newline_is_refused_and_the_sender_answer
                             timeout=20)
         assert result.lines == 2 and result.written == 1
         assert result.errors == [(2, "line longer than 131072 bytes")]
+
+
+def test_flush_0_writes_a_quiet_servers_records_within_a_second_or_so(tmp_path):
+    with Server(tmp_path, children=2, flush=0) as server:
+        assert send(str(server.ingest), [acc_line(i) for i in range(10)]).ok
+        # Far below a 64 KiB block: still on disk soon, whole records only.
+        wait_until(lambda: len(server.lines()) == 10, 5, what="buffered records on disk")
+        assert all(line.endswith(b"\n") for line in server.lines())
+    check_exactly_once(server.lines(), 10)
