@@ -12,6 +12,7 @@ already sent, hands it to the writers and tells the senders where it stopped),
 then the writers (they write everything queued for them and flush), then the
 management process (it removes its FIFOs and sockets).
 """
+import ctypes
 import logging
 import os
 import select
@@ -115,6 +116,7 @@ class Arbiter:
     def run(self):
         """Run until stopped; the exit status. A socket that cannot be made raises
         ValueError naming it, before anything is forked."""
+        self.pid = os.getpid()
         self.setup()
         for sig in self.SIGNALS:
             signal.signal(sig, self.queue_signal)
@@ -166,6 +168,7 @@ class Arbiter:
             for sig in self.SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
+            _stop_with_parent(self.pid)
             self.state.slot = child.idx
             code = child.target() or 0
         except SystemExit as exc:
@@ -239,6 +242,17 @@ class Arbiter:
                     _kill(child.pid, signal.SIGKILL)
                     deadline = time.monotonic() + STOP_TIMEOUT
                 time.sleep(0.01)
+
+
+def _stop_with_parent(master_pid):
+    """Have the kernel send this child SIGTERM if the master dies (even by SIGKILL), so
+    the child stops cleanly (writers flush) instead of living on without a master."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to stop with the master: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != master_pid:     # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _listen_unix(path):

@@ -233,3 +233,26 @@ def test_flush_0_writes_a_quiet_servers_records_within_a_second_or_so(tmp_path):
         wait_until(lambda: len(server.lines()) == 10, 5, what="buffered records on disk")
         assert all(line.endswith(b"\n") for line in server.lines())
     check_exactly_once(server.lines(), 10)
+
+
+def running(pid):
+    """True while `pid` exists and is not a zombie (an orphan's zombie may stay unreaped)."""
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            return "zombie" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+def test_children_stop_cleanly_when_the_master_is_killed(tmp_path):
+    server = Server(tmp_path, children=2, flush=0).start()
+    try:
+        children = server.pids()[1:]
+        assert send(str(server.ingest), [acc_line(i) for i in range(100)]).ok
+        server.process.kill()
+        server.process.wait(10)
+        wait_until(lambda: not any(map(running, children)), 20, what="the children to stop")
+    finally:
+        server.stop()
+    assert not server.fifo.exists()                 # the management process cleaned up
+    check_exactly_once(server.lines(), 100)         # the writers wrote their buffers
