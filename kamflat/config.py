@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from kamflat import modparams
 from kamflat.modparams import EMULATED, INT, KAMFLAT, KNOWN_NOT_EMULATED, STR
-from kamflat.preproc import ConfigError, compile_ere, preprocess, read_text_file
+from kamflat.cfgregex import compile_ere
+from kamflat.preproc import ConfigError, preprocess, read_text_file
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 

@@ -19,8 +19,9 @@ Pure: the only IO is `read_file(path) -> str`, used for include_file/import_file
 passed in by the caller (load_config passes the default, `read_text_file`).
 """
 import re
-import warnings
 from dataclasses import dataclass, field
+
+from kamflat.cfgregex import parse_subst
 
 MAX_INCLUDE_DEPTH = 10      # Kamailio's MAX_INCLUDE_DEPTH
 MAX_NESTED_EXPANSIONS = 200  # a define that expands into itself would loop forever
@@ -60,10 +61,6 @@ OCTAL_ESCAPE_RE = re.compile(r"[0-7]{2,3}")
 PVAR_NAME_RE = re.compile(r"[A-Za-z0-9_.]*")
 INCLUDE_NAME_RE = re.compile(r"[ \t]*([^ \t\r\n]*)")
 SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "a": "\a", "t": "\t", '"': '"', "\\": "\\"}
-POSIX_CLASSES = {"alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
-                 "lower": "a-z", "space": r" \t\n\r\f\v", "blank": r" \t",
-                 "xdigit": "0-9A-Fa-f", "punct": r"!-/:-@\[-`{-~", "cntrl": r"\x00-\x1f\x7f",
-                 "print": r" -~", "graph": r"!-~"}
 SKIP_RE = re.compile(r"(?:#!|!!)(ifdef|ifndef|else|endif)(?![A-Za-z0-9_])")
 NAME_AFTER_RE = re.compile(r"[ \t\b\r]+([A-Za-z_][A-Za-z0-9_]*)(-?)")
 DEFINE_KINDS = {"define": "define", "def": "define", "trydefine": "trydef",
@@ -117,23 +114,6 @@ class Preprocessed:
     files: list = field(default_factory=list)   # every file read, in order
 
 
-def compile_ere(pattern, icase=False, dotall=False):
-    """Compile a POSIX extended regular expression as Python `re`; None if it is invalid.
-
-    Kamailio compiles with REG_NEWLINE unless told otherwise (`s` flag), so `^`/`$`
-    match at line ends and `.` does not match a newline.
-    """
-    pattern = re.sub(r"\[:([a-z]+):\]",
-                     lambda m: POSIX_CLASSES.get(m.group(1), m.group()), pattern)
-    flags = (re.I if icase else 0) | (re.S if dotall else re.M)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return re.compile(pattern, flags)
-        except (re.error, OverflowError, RecursionError):
-            return None
-
-
 def read_text_file(path):
     """The default `read_file`: a config file's text (bad UTF-8 bytes become U+FFFD)."""
     with open(path, "rb") as f:
@@ -177,81 +157,6 @@ class _Ifdef:
     @property
     def active(self):
         return self.outer and (self.holds != self.in_else)
-
-
-@dataclass
-class SubstRule:
-    """One `#!subst "/regex/replacement/flags"` rule."""
-
-    source: str
-    regex: object
-    parts: list     # literal strings and int group references, in order
-    replace_all: bool
-
-    def apply(self, s):
-        """Kamailio's subst_str: the changed string, or None when nothing matched."""
-        out, pos, matched = [], 0, False
-        for m in self.regex.finditer(s):
-            if m.start() == m.end():     # Kamailio: "matched string is empty" -> no change
-                return None
-            out.append(s[pos:m.start()])
-            for part in self.parts:
-                out.append(part if isinstance(part, str) else (m.group(part) or ""))
-            pos, matched = m.end(), True
-            if not self.replace_all:
-                break
-        if not matched:
-            return None
-        out.append(s[pos:])
-        return "".join(out)
-
-
-def parse_subst(expr, file, line):
-    """Parse "/regex/replacement/flags" (any separator but backslash) into a SubstRule."""
-    def bad(why):
-        return ConfigError("bad #!subst expression %r: %s; expected \"/regex/replacement/"
-                           "flags\" with flags from i, g, s" % (expr, why), file, line)
-    if len(expr) < 3:
-        raise bad("too short")
-    sep = expr[0]
-    if sep == "\\":
-        raise bad("the separator cannot be a backslash")
-    end = 1
-    while end < len(expr) and not (expr[end] == sep and expr[end - 1] != "\\"):
-        end += 1
-    if end >= len(expr):
-        raise bad("no separator after the regular expression")
-    pattern, p = expr[1:end], end + 1
-    parts, literal = [], []
-    while True:
-        if p >= len(expr):
-            raise bad("no separator after the replacement")
-        c = expr[p]
-        if c == sep:
-            break
-        if c == "\\" and p + 1 < len(expr):
-            e = expr[p + 1]
-            p += 2
-            if e.isdigit():
-                parts.append("".join(literal))
-                literal = []
-                parts.append(int(e))
-            elif e == "u":
-                raise bad("\\u (the request URI) has no value in the preprocessor")
-            else:
-                literal.append({"n": "\n", "r": "\r", "t": "\t"}.get(e, e))
-            continue
-        literal.append(c)
-        p += 1
-    parts.append("".join(literal))
-    flags = expr[p + 1:]
-    for f in flags:
-        if f not in "igs":
-            raise bad("unknown flag %r" % f)
-    regex = compile_ere(pattern, icase="i" in flags, dotall="s" in flags)
-    if regex is None:
-        raise bad("%r is not a valid regular expression" % pattern)
-    return SubstRule(expr, regex, [x for x in parts if x != ""], "g" in flags)
 
 
 class _Scanner:
@@ -561,7 +466,10 @@ class _Scanner:
             raise ConfigError('#!%s needs a quoted "/regex/replacement/flags" on the same line'
                               % name, file, line)
         value = self.subst(value)
-        rule = parse_subst(value, file, line)
+        try:
+            rule = parse_subst(value)
+        except ValueError as error:
+            raise ConfigError(str(error), file, line) from None
         self.substs.append(rule)
         if name != "subst":      # substdef(s): also #!define regex-text replacement-text
             sep = value[0]
