@@ -11,6 +11,7 @@ POSIX_CLASSES = {"alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper
                  "xdigit": "0-9A-Fa-f", "punct": r"!-/:-@\[-`{-~", "cntrl": r"\x00-\x1f\x7f",
                  "print": r" -~", "graph": r"!-~"}
 
+
 def compile_ere(pattern, icase=False, dotall=False):
     """Compile a POSIX extended regular expression as Python `re`; None if it is invalid.
 
