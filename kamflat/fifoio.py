@@ -3,9 +3,10 @@
 The MI FIFO (`mi_fifo.py`) and the JSON-RPC FIFO (`jsonrpc_fifo.py`) follow the
 same rules for both ends of a request, because Kamailio's jsonrpcs copied them
 from mi_fifo: the reply FIFO's name rules are pure and live in `mi.py`
-(`check_reply_name`); opening the reply FIFO safely, making the server FIFO and
-removing it again are here. The ctl socket uses the owner lookup, the helper
-thread for slow commands and the loop too.
+(`check_reply_name`); opening the reply FIFO safely, making the server FIFO,
+recreating it when someone deletes it while the server runs, and removing it
+again are here. The ctl socket uses the owner lookup, the helper thread for
+slow commands and the loop too.
 """
 import collections
 import errno
@@ -13,6 +14,7 @@ import grp
 import logging
 import os
 import pwd
+import selectors
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +116,98 @@ class ServerFifo:
     def remove(self):
         if self.is_ours():
             os.unlink(self.path)
+
+
+class WatchedFifo:
+    """A ServerFifo served from a selector loop, recreated at once if someone deletes
+    it or renames it away while the server runs (Kamailio creates it only at startup;
+    OpenSIPS checks every 30 s), so clients never find the server gone.
+
+    pyinotify on the FIFO's directory says when (imported here, lazily: it is
+    optional, and on 3.12+ it needs pyasyncore); without it, `tick()` lstats the path
+    on every loop turn, which the servers take at least every POLL_INTERVAL.
+    `watch` says which it is: "inotify" or "stat".
+    """
+
+    def __init__(self, fifo, logger, what):
+        self.fifo = fifo            # the ServerFifo
+        self.fd = None              # the FIFO's current fd, registered with the selector
+        self.watch = None
+        self._log = logger          # the server's logger, named in its log lines as `what`
+        self._what = what
+        self._sel = None
+        self._on_bytes = None
+        self._notifier = None
+        self._inotify_fd = None
+
+    def open(self, selector, on_bytes):
+        """Create the FIFO, register it with `selector` (key.data is `on_bytes(fd, mask)`)
+        and start watching it. Raises what ServerFifo.create raises."""
+        self._sel, self._on_bytes = selector, on_bytes
+        self._replace(self.fifo.create())
+        self._start_watch()
+
+    def tick(self):
+        """Call on every loop turn: without inotify, this is where a deletion is noticed."""
+        if self._notifier is None:
+            self._check()
+
+    def close(self):
+        """Stop watching, close the FIFO and remove it (if it is still the one made here).
+        Call it before closing the selector."""
+        if self._notifier is not None:
+            self._sel.unregister(self._inotify_fd)
+            self._notifier.stop()
+            self._notifier = None
+        if self.fd is not None:
+            self._sel.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            self.fifo.remove()
+
+    def _replace(self, fd):
+        old, self.fd = self.fd, fd
+        self._sel.register(fd, selectors.EVENT_READ, self._on_bytes)
+        if old is not None:     # bytes written before the old one was deleted still count
+            self._on_bytes(old, selectors.EVENT_READ)
+            self._sel.unregister(old)
+            os.close(old)
+
+    def _check(self):
+        """Recreate the FIFO if it is gone."""
+        if os.path.lexists(self.fifo.path):
+            return
+        self._log.warning("%s %s was removed; recreating it", self._what, self.fifo.path)
+        try:
+            self._replace(self.fifo.create())
+        except (OSError, KeyError) as e:
+            self._log.error("cannot create %s %s: %s (will retry)",
+                            self._what, self.fifo.path, getattr(e, "strerror", None) or e)
+
+    def _start_watch(self):
+        try:
+            import pyinotify
+            manager = pyinotify.WatchManager()
+            try:        # quiet=False: a watch that cannot be added raises instead of never firing
+                manager.add_watch(os.path.dirname(os.path.abspath(self.fifo.path)),
+                                  pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM, quiet=False)
+                notifier = pyinotify.Notifier(manager, lambda event: None, timeout=0)
+            except Exception:
+                manager.close()
+                raise
+        except Exception as e:      # not installed, no asyncore, no inotify instance or watch left
+            self._log.debug("pyinotify unavailable (%s): checking the %s on every tick",
+                            e, self._what)
+            self.watch = "stat"
+            return
+        self._notifier, self._inotify_fd = notifier, manager.get_fd()
+        self._sel.register(self._inotify_fd, selectors.EVENT_READ, self._on_inotify)
+        self.watch = "inotify"
+
+    def _on_inotify(self, fd, mask):
+        self._notifier.read_events()
+        self._notifier.process_events()
+        self._check()
 
 
 class SlowCalls:

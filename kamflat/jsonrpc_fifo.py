@@ -9,7 +9,9 @@ after writing the request). Only then does the command run, so a request whose
 reply FIFO never opens does not run at all; a slow one (a rotation) runs on a
 helper thread meanwhile. The reply is written without blocking;
 a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
-side by side, so a slow or absent client never holds up another.
+side by side, so a slow or absent client never holds up another. If the server
+FIFO is deleted or renamed away, it is recreated at once, as the MI FIFO's is
+(`fifoio.WatchedFifo`; Kamailio's jsonrpcs creates it only at startup).
 """
 import errno
 import logging
@@ -19,7 +21,8 @@ import stat
 import time
 
 from kamflat import jsonrpc
-from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo, serve_until
+from kamflat.fifoio import (ReplyRefused, ServerFifo, SlowCalls, WatchedFifo, open_reply_fifo,
+                            serve_until)
 from kamflat.rpc_commands import SLOW, Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.jsonrpc")
@@ -67,15 +70,14 @@ class JsonRpcFifoServer:
                  reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
-        self.fifo = ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
-                               fifo_user, fifo_group)
+        self.fifo = WatchedFifo(ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
+                                           fifo_user, fifo_group), log, "jsonrpcs FIFO")
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
         self.idle_timeout = idle_timeout
         self.reply_open_wait = reply_open_wait
         self.reply_write_timeout = reply_write_timeout
-        self._fd = None
         self._stream = jsonrpc.FifoStream()
         self._last_rx = time.monotonic()
         self._jobs = []
@@ -93,15 +95,16 @@ class JsonRpcFifoServer:
             st = None
         if st is not None and not stat.S_ISFIFO(st.st_mode):
             raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO" % path)
+        self._selector = selectors.DefaultSelector()
         try:
             # a stale FIFO of a previous run is replaced, as Kamailio does
-            self._fd = self.fifo.create()
+            self.fifo.open(self._selector, self._on_request_bytes)
         except (OSError, KeyError) as exc:
+            self._selector.close()
+            self._selector = None
             raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._fd, selectors.EVENT_READ, None)
         self._slow = SlowCalls("jsonrpc-slow")
-        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, None)
+        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_slow_done)
 
     def close(self):
         """Stop serving: close every descriptor and remove the server FIFO."""
@@ -112,12 +115,9 @@ class JsonRpcFifoServer:
             self._close_job(job)
         self._jobs = []
         if self._selector is not None:
+            self.fifo.close()
             self._selector.close()
             self._selector = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self.fifo.remove()
 
     def serve(self, stop_event):
         """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
@@ -125,20 +125,18 @@ class JsonRpcFifoServer:
 
     def serve_once(self, timeout):
         """One turn of the loop: wait up to `timeout` s for IO, then do what is due."""
-        for key, _mask in self._selector.select(self._wait_time(timeout)):
-            if key.fd == self._fd:
-                self._read_requests()
-            else:
-                self._on_slow_done()
+        for key, mask in self._selector.select(self._wait_time(timeout)):
+            key.data(key.fd, mask)
         self._check_idle()
         self._advance_jobs()
+        self.fifo.tick()
 
     # -- reading
 
-    def _read_requests(self):
+    def _on_request_bytes(self, fd, mask):
         while True:
             try:
-                data = os.read(self._fd, 65536)
+                data = os.read(fd, 65536)
             except BlockingIOError:
                 break
             if not data:
@@ -234,7 +232,7 @@ class JsonRpcFifoServer:
         else:
             self._set_reply(job, job.run())
 
-    def _on_slow_done(self):
+    def _on_slow_done(self, fd, mask):
         for job, reply in self._slow.finished():
             if job in self._jobs:
                 self._set_reply(job, reply if reply is not None else b"")

@@ -17,7 +17,8 @@ IO only: the grammar and reply framing are in `mi.py`, the commands in
   in the job until it drains, or until `reply_timeout`.
 - Half a request idle for `request_timeout` is abandoned (logged).
 - If the server FIFO is deleted or renamed away, it is recreated at once
-  (pyinotify when it is installed, else an os.stat on every loop tick).
+  (`fifoio.WatchedFifo`: pyinotify when it is installed, else an os.stat on
+  every loop tick).
 """
 import logging
 import os
@@ -25,7 +26,7 @@ import selectors
 import time
 
 from kamflat import mi
-from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, open_reply_fifo
+from kamflat.fifoio import ReplyRefused, ServerFifo, SlowCalls, WatchedFifo, open_reply_fifo
 from kamflat.mi_commands import SLOW, CloseThen, MICommands, Reply
 
 log = logging.getLogger("kamflat.mi_fifo")
@@ -62,7 +63,8 @@ class MIFifoServer:
                  reply_dir="/tmp/", reply_indent="\t", modules=DEFAULT_MODULES,
                  management=None, request_timeout=5.0, reply_timeout=5.0):
         self.fifo_name = fifo_name
-        self.fifo = ServerFifo(fifo_name, fifo_mode, fifo_user, fifo_group)
+        self.fifo = WatchedFifo(ServerFifo(fifo_name, fifo_mode, fifo_user, fifo_group),
+                                log, "MI FIFO")
         self.reply_dir = reply_dir
         self.reply_indent = reply_indent
         self.request_timeout = request_timeout
@@ -71,13 +73,15 @@ class MIFifoServer:
         self.commands = MICommands(modules, management)
         self.parser = mi.MIParser(self.commands.names, self.commands.no_input, reply_dir)
         self._sel = None
-        self._fd = None
         self._last_data = 0.0
         self._opening = []          # jobs whose reply FIFO has no reader yet
         self._writing = {}          # fd -> (job, give-up time)
         self._slow = None           # SLOW commands run on its helper thread
-        self._notifier = None
-        self.watch = None           # how a deleted FIFO is noticed: "inotify" or "stat"
+
+    @property
+    def watch(self):
+        """How a deleted FIFO is noticed: "inotify" or "stat" (None before open())."""
+        return self.fifo.watch
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -91,11 +95,11 @@ class MIFifoServer:
         self._slow = SlowCalls("mi-slow")
         self._sel.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_wake)
         try:
-            self._create_fifo()
-        except MIFifoError:
+            self.fifo.open(self._sel, self._on_request_bytes)
+        except (OSError, KeyError) as e:
             self.close()
-            raise
-        self._start_watch()
+            raise MIFifoError("cannot create MI FIFO %s: %s"
+                              % (self.fifo_name, getattr(e, "strerror", e))) from None
         stats = getattr(self.management, "statistics", None)
         if stats is not None:       # mi_fifo:requests / errors / dropped, for get_statistics
             for name in ("requests", "errors", "dropped"):
@@ -113,14 +117,8 @@ class MIFifoServer:
             self._drop(job, "server shutting down")
         for fd, (job, _) in list(self._writing.items()):
             self._finish(job, "server shutting down before the reply was read")
-        if self._notifier is not None:
-            self._notifier.stop()
-            self._notifier = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self.fifo.remove()
         if self._sel is not None:
+            self.fifo.close()
             self._sel.close()
             self._sel = None
 
@@ -134,51 +132,7 @@ class MIFifoServer:
             except Exception:       # a bug must not take the MI server down with it
                 log.exception("MI FIFO: unexpected error; serving on")
 
-    # -- the server FIFO ------------------------------------------------------------
-
-    def _create_fifo(self):
-        try:
-            fd = self.fifo.create()
-        except (OSError, KeyError) as e:
-            raise MIFifoError("cannot create MI FIFO %s: %s"
-                              % (self.fifo_name, getattr(e, "strerror", e))) from None
-        old, self._fd = self._fd, fd
-        self._sel.register(fd, selectors.EVENT_READ, self._on_request_bytes)
-        if old is not None:             # bytes written before the old one was deleted still count
-            self._read_all(old, most=1024)
-            self._sel.unregister(old)
-            os.close(old)
-
-    def _check_fifo(self):
-        """Recreate the FIFO if it is gone (someone deleted or moved it)."""
-        if os.path.lexists(self.fifo_name):
-            return
-        log.warning("MI FIFO %s was removed; recreating it", self.fifo_name)
-        try:
-            self._create_fifo()
-        except MIFifoError as e:
-            log.error("%s (will retry)", e)
-
-    def _start_watch(self):
-        """pyinotify on the FIFO's directory, if installed; else _on_tick stats the FIFO."""
-        try:
-            import pyinotify
-            manager = pyinotify.WatchManager()
-            manager.add_watch(os.path.dirname(os.path.abspath(self.fifo_name)),
-                              pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM)
-            self._notifier = pyinotify.Notifier(manager, lambda event: None, timeout=0)
-        except Exception as e:      # not installed, or no inotify instance left
-            log.debug("pyinotify unavailable (%s): checking the MI FIFO on every tick", e)
-            self._notifier = None
-            self.watch = "stat"
-            return
-        self._sel.register(manager.get_fd(), selectors.EVENT_READ, self._on_inotify)
-        self.watch = "inotify"
-
-    def _on_inotify(self, fd, mask):
-        self._notifier.read_events()
-        self._notifier.process_events()
-        self._check_fifo()
+    # -- reading requests -------------------------------------------------------------
 
     def _read_all(self, fd, most=64):
         """Read and handle what is there (at most `most` reads, so timers still run)."""
@@ -333,8 +287,7 @@ class MIFifoServer:
             for event in self.parser.abandon("unfinished request abandoned after %.1f s without data"
                                              % self.request_timeout):
                 self._on_event(event)
-        if self._notifier is None:
-            self._check_fifo()
+        self.fifo.tick()
 
     def _count(self, name):
         stats = getattr(self.management, "statistics", None)

@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import select
+import stat
+import sys
 import threading
 import time
 
@@ -360,6 +362,31 @@ def test_close_leaves_a_fifo_that_is_not_its_own(tmp_path):
     os.mkfifo(path)           # someone else's FIFO now
     srv.close()
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+@pytest.mark.parametrize("how", ["rm", "mv"])
+def test_fifo_recreated_when_deleted(tmp_path, monkeypatch, how, watch):
+    if watch == "inotify":
+        pytest.importorskip("pyinotify", reason="pyinotify (with pyasyncore on 3.12+) not installed")
+    else:       # as on a machine without pyinotify: `import pyinotify` fails
+        monkeypatch.setitem(sys.modules, "pyinotify", None)
+    path = str(tmp_path / "rpc.fifo")
+    srv = Server(path)
+    before = ReplyFifo("kfbefore" + TAG)
+    try:
+        assert srv.server.fifo.watch == watch
+        # written just before the FIFO goes: answered whichever the server sees first
+        srv.send(request("core.version", "kfbefore" + TAG, 7))
+        os.unlink(path) if how == "rm" else os.rename(path, str(tmp_path / "moved"))
+        wait_until(lambda: os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode),
+                   timeout=2, what="FIFO recreated")
+        assert json.loads(before.read_reply())["id"] == 7
+        probe(srv)
+    finally:
+        before.close()
+        srv.close()
+    assert not os.path.exists(path)     # the recreated FIFO is the server's own: removed
 
 
 
