@@ -139,6 +139,7 @@ class WatchedFifo:
         self._on_bytes = None
         self._notifier = None
         self._inotify_fd = None
+        self._failing = False       # the FIFO is gone and could not be made again yet
 
     def open(self, selector, on_bytes):
         """Create the FIFO, register it with `selector` (key.data is `on_bytes(fd, mask)`)
@@ -148,9 +149,10 @@ class WatchedFifo:
         self._start_watch()
 
     def tick(self):
-        """Call on every loop turn: without inotify, this is where a deletion is noticed."""
-        if self._notifier is None:
-            self._check()
+        """Call on every loop turn. Without inotify this is where a deletion is noticed;
+        with it, this still catches what the watch cannot see (its directory deleted and
+        made again kills the watch). An lstat per turn costs next to nothing."""
+        self._check()
 
     def close(self):
         """Stop watching, close the FIFO and remove it (if it is still the one made here).
@@ -174,15 +176,22 @@ class WatchedFifo:
             os.close(old)
 
     def _check(self):
-        """Recreate the FIFO if it is gone."""
+        """Recreate the FIFO if it is gone. Logs once per outage, not once per retry."""
         if os.path.lexists(self.fifo.path):
             return
-        self._log.warning("%s %s was removed; recreating it", self._what, self.fifo.path)
+        if not self._failing:
+            self._log.warning("%s %s was removed; recreating it", self._what, self.fifo.path)
         try:
             self._replace(self.fifo.create())
         except (OSError, KeyError) as e:
-            self._log.error("cannot create %s %s: %s (will retry)",
-                            self._what, self.fifo.path, getattr(e, "strerror", None) or e)
+            if not self._failing:
+                self._log.error("cannot create %s %s: %s (retrying until it works)",
+                                self._what, self.fifo.path, getattr(e, "strerror", None) or e)
+            self._failing = True
+            return
+        if self._failing:
+            self._log.warning("%s %s is back", self._what, self.fifo.path)
+            self._failing = False
 
     def _start_watch(self):
         try:

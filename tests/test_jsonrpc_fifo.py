@@ -389,6 +389,35 @@ def test_fifo_recreated_when_deleted(tmp_path, monkeypatch, how, watch):
     assert not os.path.exists(path)     # the recreated FIFO is the server's own: removed
 
 
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+def test_fifo_directory_deleted_and_made_again(tmp_path, monkeypatch, caplog, watch):
+    """The directory goes (that kills an inotify watch) and comes back: the FIFO is
+    made again, and the outage is logged once, not once per retry."""
+    if watch == "inotify":
+        pytest.importorskip("pyinotify", reason="pyinotify (with pyasyncore on 3.12+) not installed")
+    else:
+        monkeypatch.setitem(sys.modules, "pyinotify", None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = str(run_dir / "rpc.fifo")
+    srv = Server(path)
+    try:
+        assert srv.server.fifo.watch == watch
+        caplog.set_level("WARNING")
+        os.unlink(path)
+        run_dir.rmdir()
+        time.sleep(0.5)     # ten loop turns or so without a directory
+        run_dir.mkdir()
+        wait_until(lambda: os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode),
+                   timeout=2, what="FIFO recreated")
+        probe(srv)
+        cannot = [r for r in caplog.records if "cannot create" in r.getMessage()]
+        assert len(cannot) == 1
+        assert any("is back" in r.getMessage() for r in caplog.records)
+    finally:
+        srv.close()
+
+
 
 def hang_rotation(management, most=1.0):
     """Make rotate() block like a rotation waiting for a hung writer (up to `most` s,
