@@ -7,21 +7,16 @@ gives up after --timeout seconds, and says by its exit status how it went:
 0 result, 1 error reply or no reply, 2 server FIFO missing or not served.
 """
 import argparse
-import errno
 import json
 import os
 import re
-import select
 import sys
-import time
+
+from kamflat.fifoclient import NoReply, ServerUnreachable, exchange
 
 DEFAULT_FIFOS = ("/var/run/kamailio/kamailio_rpc.fifo", "/run/kamailio/kamailio_rpc.fifo")
 RUN_DIR = "/run/kamailio"
 NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
-
-
-class Unreachable(Exception):
-    """The server FIFO cannot take a request (exit status 2)."""
 
 
 def param_json(arg):
@@ -65,62 +60,18 @@ def default_fifo():
 
 
 def call(fifo, request_for, reply_dir="/tmp/", timeout=10.0):
-    """Send one request and return the reply bytes (b"" if none came in time).
+    """Send one request and return the reply bytes (what came, b"" if none, in time).
 
-    `request_for(reply_name, id)` builds the request bytes. Raises Unreachable when
-    the server FIFO is missing or nobody serves it.
+    `request_for(reply_name, id)` builds the request bytes. Raises ServerUnreachable
+    when the server FIFO is missing or nobody serves it.
     """
     pid = os.getpid()
     reply_name = "kamailio_receiver_%d" % pid
-    reply_path = os.path.join(reply_dir, reply_name)
-    if os.path.lexists(reply_path):
-        os.unlink(reply_path)
-    os.mkfifo(reply_path, 0o600)
     try:
-        os.chmod(reply_path, 0o622)      # the server may run as another user
-        reader = os.open(reply_path, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            _send(fifo, request_for(reply_name, pid))
-            return _read_reply(reader, timeout)
-        finally:
-            os.close(reader)
-    finally:
-        os.unlink(reply_path)
-
-
-def _send(fifo, data):
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise Unreachable("nothing is reading the FIFO %s (server not running?)" % fifo)
-        raise Unreachable("cannot open the FIFO %s: %s" % (fifo, exc.strerror))
-    try:
-        os.set_blocking(fd, True)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
-def _read_reply(fd, timeout):
-    out = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return out
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if chunk:
-            out += chunk
-        elif out:
-            return out       # the server wrote its reply and closed the FIFO
-        else:
-            time.sleep(0.001)    # no writer yet: a FIFO reader sees EOF until one comes
+        return exchange(fifo, request_for(reply_name, pid), os.path.join(reply_dir, reply_name),
+                        timeout)
+    except NoReply as exc:
+        return exc.partial
 
 
 def main(argv):
@@ -151,7 +102,7 @@ def main(argv):
         reply = call(fifo, lambda name, ident: build_request(args.method, args.params,
                                                               name, ident),
                      reply_dir, args.timeout)
-    except Unreachable as exc:
+    except ServerUnreachable as exc:
         print("kamflat rpc: %s" % exc, file=sys.stderr)
         return 2
     except ValueError as exc:           # i:abc

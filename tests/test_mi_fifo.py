@@ -23,7 +23,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import DATA, run_kamflat, wait_until
 from kamflat.config import parse_config
 from kamflat.manage import Management, Process, Statistics
-from kamflat.mi_client import exchange, kamctl_output, make_reply_fifo, write_request
+from kamflat.fifoclient import exchange, make_reply_fifo, write_request
+from kamflat.mi_client import kamctl_output
 from kamflat.mi_fifo import MIFifoError, MIFifoServer
 
 CASES = json.loads((DATA / "mi_classic_cases.json").read_text())["exchanges"]
