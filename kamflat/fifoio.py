@@ -80,9 +80,11 @@ class ServerFifo:
         self.group = group
         self._ident = None          # (st_dev, st_ino) of the FIFO we created
 
-    def create(self):
+    def create(self, replace=True):
         """(Re)create the FIFO; returns its fd, open O_RDWR|O_NONBLOCK so it never
         sees EOF. An fd of an earlier create() is the caller's to close.
+        With replace=False (recreating one that was deleted), a file someone else put
+        at `path` meanwhile is left alone: FileExistsError.
         Raises OSError, or KeyError for an unknown user or group name."""
         tmp = "%s.kamflat-%d" % (self.path, os.getpid())
         fd = None
@@ -95,7 +97,11 @@ class ServerFifo:
             uid, gid = owner_ids(self.user, self.group)
             if uid != -1 or gid != -1:
                 os.chown(tmp, uid, gid)
-            os.rename(tmp, self.path)
+            if replace:
+                os.rename(tmp, self.path)
+            else:
+                os.link(tmp, self.path)     # fails, instead of clobbering, if taken
+                os.unlink(tmp)
         except (OSError, KeyError):
             if fd is not None:
                 os.close(fd)
@@ -182,7 +188,9 @@ class WatchedFifo:
         if not self._failing:
             self._log.warning("%s %s was removed; recreating it", self._what, self.fifo.path)
         try:
-            self._replace(self.fifo.create())
+            self._replace(self.fifo.create(replace=False))
+        except FileExistsError:
+            return      # someone else made a file there in the meantime: theirs now
         except (OSError, KeyError) as e:
             if not self._failing:
                 self._log.error("cannot create %s %s: %s (retrying until it works)",

@@ -358,8 +358,9 @@ def test_open_replaces_a_stale_fifo_and_close_removes_it(tmp_path):
 def test_close_leaves_a_fifo_that_is_not_its_own(tmp_path):
     path = tmp_path / "rpc.fifo"
     srv = Server(path)
-    os.unlink(path)
-    os.mkfifo(path)           # someone else's FIFO now
+    other = tmp_path / "other.fifo"
+    os.mkfifo(other)
+    os.rename(other, path)    # someone else's FIFO now (never a moment without one there)
     srv.close()
     assert os.path.exists(path)
 
