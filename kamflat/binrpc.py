@@ -18,6 +18,8 @@ parameters; a fault's body is an int code and a string message.
 """
 from dataclasses import dataclass
 
+from kamflat.sansio import NEED_DATA
+
 MAGIC_VERSION = 0xA1
 REQUEST, REPLY, FAULT = 0, 1, 3
 T_INT, T_STR, T_DOUBLE, T_STRUCT, T_ARRAY, T_AVP, T_BYTES = range(7)
@@ -26,14 +28,6 @@ MAX_BODY = 1 << 20       # kamcmd itself never sends or accepts more than 128 Ki
 
 class BinrpcError(ValueError):
     """Bytes that are not binrpc (the message says what and where)."""
-
-
-class NeedData:
-    def __repr__(self):
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 
 @dataclass(frozen=True)

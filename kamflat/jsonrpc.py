@@ -38,20 +38,11 @@ from dataclasses import dataclass
 
 # jsonrpcs took its reply FIFO name rules (forbidden characters, length) from mi_fifo
 from kamflat.mi import check_reply_name
+from kamflat.sansio import NEED_DATA
 
 MAX_DOCUMENT = 8190        # bytes per document, leftover leading blanks included
 KEEP_BYTES = 512           # head/tail of a skipped document kept for reply_name/id
 BLANKS = b" \t\r\n"
-
-
-class NeedData:
-    """Sentinel: `next_event` needs more bytes before it can say anything."""
-
-    def __repr__(self):
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 
 @dataclass(frozen=True)

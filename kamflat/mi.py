@@ -33,16 +33,14 @@ parser resyncs instead, by these rules:
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from kamflat.sansio import NEED_DATA
+
 FIRST_LINE_MAX = 1023       # bytes incl. LF: Kamailio's fgets() into a 1024-byte buffer
 ARG_BUFFER = 8192           # one parse buffer shared by all arg lines of a request
 REPLY_PATH_MAX = 127        # len(reply_dir) + len(name) (MAX_MI_FILENAME 128 incl. NUL)
 FORBIDDEN_IN_REPLY_NAME = ".\\/\0"   # NUL: Kamailio's C strings would cut the name there
 _TRIM = b"\r\n \t"
 _WS = b" \t\n\r\v\f"
-
-
-class NEED_DATA:
-    """Sentinel: `next_event()` needs more bytes."""
 
 
 class Arg(NamedTuple):
