@@ -115,7 +115,10 @@ def _read_to_eof(fd, timeout):
         ready, _, _ = select.select([fd], [], [], 0.05)
         if not ready:
             continue
-        chunk = os.read(fd, 65536)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:     # woken by a writer's open or close, no bytes yet
+            continue
         if chunk:
             data += chunk
         elif data:

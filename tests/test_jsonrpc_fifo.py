@@ -149,7 +149,10 @@ class ReplyFifo:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.fd], [], [], 0.05)
             if ready:
-                chunk = os.read(self.fd, 65536)
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except BlockingIOError:     # woken by a writer's open or close, no bytes
+                    continue
                 if chunk:
                     out += chunk
                 elif out:
