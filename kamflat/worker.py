@@ -275,23 +275,28 @@ class Writer:
 
     def write_chunk(self, chunk):
         conn, lines, state = self.conn, chunk.lines, self.state
-        while chunk.pos < len(lines):
-            try:
-                table, keys, values = ingestwire.decode_line(lines[chunk.pos])
-                conn.use_table(table)
-                conn.insert(keys, values)
-            except FlatstoreError:
-                state.add("flatstore", table + "_failed")
-                raise   # the line stays where it is and is retried
-            except (ingestwire.IngestError, ValueError, TypeError) as exc:
-                # A line that can never be written: say why, go on with the next.
-                chunk.error_count += 1
-                if len(chunk.errors) < MAX_REPORT_ERRORS:
-                    chunk.errors.append([chunk.first_line + chunk.pos, str(exc)])
-            else:
-                chunk.written += 1
-                state.add("flatstore", table + "_written")
-            chunk.pos += 1
+        written = collections.Counter()     # per table; added to the shared counters once
+        try:
+            while chunk.pos < len(lines):
+                try:
+                    table, keys, values = ingestwire.decode_line(lines[chunk.pos])
+                    conn.use_table(table)
+                    conn.insert(keys, values)
+                except FlatstoreError:
+                    state.add("flatstore", table + "_failed")
+                    raise   # the line stays where it is and is retried
+                except (ingestwire.IngestError, ValueError, TypeError) as exc:
+                    # A line that can never be written: say why, go on with the next.
+                    chunk.error_count += 1
+                    if len(chunk.errors) < MAX_REPORT_ERRORS:
+                        chunk.errors.append([chunk.first_line + chunk.pos, str(exc)])
+                else:
+                    chunk.written += 1
+                    written[table] += 1
+                chunk.pos += 1
+        finally:
+            for table, n in written.items():
+                state.add("flatstore", table + "_written", n)
         state.add("ingest", "lines", len(lines))
         if chunk.error_count:
             state.add("ingest", "errors", chunk.error_count)

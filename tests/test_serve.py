@@ -57,6 +57,7 @@ def test_bad_lines_get_their_line_number_and_do_not_stop_the_rest(tmp_path):
         assert "line 7: line longer than 131072 bytes" in proc.stderr
         assert "sent 8 lines: 4 written, 4 refused" in proc.stderr
         assert statistic(server.mi("get_statistics", "ingest:"), "ingest:errors") == 4
+        assert statistic(server.mi("get_statistics", "flatstore:"), "flatstore:acc_written") == 4
     check_exactly_once(server.lines(), 4)
 
 
@@ -164,6 +165,7 @@ def test_directory_removed_and_restored_under_load(tmp_path):
         assert result["r"].ok and result["r"].written == 2900
         stats = server.mi("get_statistics", "flatstore:")
         assert statistic(stats, "flatstore:acc_failed") > 0
+        assert statistic(stats, "flatstore:acc_written") == 3000
     lines = [line for p in (saved, server.acc) for f in sorted(p.iterdir())
              for line in f.read_bytes().splitlines(keepends=True)]
     check_exactly_once(lines, 3000)
