@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import kamflat  # noqa: E402  (after the path set-up, to use this checkout)
-from kamflat.flatstore import RotationCounter  # noqa: E402
+from kamflat.flatstore.connection import RotationCounter  # noqa: E402
 
 FLATLOOP_CANDIDATES = [
     REPO.parent / "shared" / "bench" / "flatloop.c",

@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kamflat.manage import Management                                # noqa: E402
-from kamflat.fifoclient import exchange, make_reply_fifo, read_reply, write_request  # noqa: E402
-from kamflat.mi_fifo import MIFifoServer                              # noqa: E402
+from kamflat.mgmt.manage import Management                                # noqa: E402
+from kamflat.tools.fifoclient import exchange, make_reply_fifo, read_reply, write_request  # noqa: E402
+from kamflat.server.mi_fifo import MIFifoServer                              # noqa: E402
 
 KAMAILIO_33 = {"median": 79.5, "p99": 161.0, "full": 122.7}      # us, spec section 2 (Latency)
 

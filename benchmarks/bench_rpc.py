@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from kamflat.ctl import CtlServer                      # noqa: E402
-from kamflat.jsonrpc_fifo import JsonRpcFifoServer     # noqa: E402
-from kamflat.manage import Management                  # noqa: E402
+from kamflat.server.ctl import CtlServer                      # noqa: E402
+from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer     # noqa: E402
+from kamflat.mgmt.manage import Management                  # noqa: E402
 
 RECORDED = {"write->EOF, reply FIFO pre-opened": 0.091, "full client cycle": 0.141,
             "kamcmd (spawn + binrpc)": 1.48}

@@ -1,21 +1,21 @@
-"""The `kamflat` command: one sub-command per module.
+"""The `kamflat` command: one sub-command per entry of COMMANDS.
 
-Each sub-command lives in its own module with a `main(argv) -> int`; this file only
+Each sub-command is a function `f(argv) -> int` named "module:function"; this file only
 dispatches, so adding a command is one line in COMMANDS.
 """
 import importlib
 import sys
 
-# name -> (module, one-line help). Modules are imported only when their command runs.
+# name -> ("module:function", one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "serve": ("kamflat.serve", "run the server in the foreground (-f FILE)"),
-    "send": ("kamflat.send", "feed JSON-line records to a running server"),
-    "check": ("kamflat.check", "read a Kamailio config and say what kamflat would run"),
-    "fifo": ("kamflat.mi_client", "send one classic MI command over the MI FIFO (like kamctl fifo)"),
-    "rpc": ("kamflat.rpc_client", "JSON-RPC client for the jsonrpcs FIFO (like kamctl rpc)"),
-    "cat": ("kamflat.cat", "print a table's records merged across its per-process files"),
-    "follow": ("kamflat.follow", "print a table's records as they are written, across rotations"),
-    "gen": ("kamflat.gen", "generate realistic acc records (to a server, a file or stdout)"),
+    "serve": ("kamflat.tools.serve:main", "run the server in the foreground (-f FILE)"),
+    "send": ("kamflat.tools.send:main", "feed JSON-line records to a running server"),
+    "check": ("kamflat.tools.check:main", "read a Kamailio config and say what kamflat would run"),
+    "fifo": ("kamflat.tools.fifo:main", "send one classic MI command over the MI FIFO (like kamctl fifo)"),
+    "rpc": ("kamflat.tools.rpc:main", "JSON-RPC client for the jsonrpcs FIFO (like kamctl rpc)"),
+    "cat": ("kamflat.tools.cat:cat_main", "print a table's records merged across its per-process files"),
+    "follow": ("kamflat.tools.cat:follow_main", "print a table's records as they are written, across rotations"),
+    "gen": ("kamflat.tools.gen:main", "generate realistic acc records (to a server, a file or stdout)"),
 }
 
 
@@ -37,5 +37,5 @@ def main(argv=None):
     if name not in COMMANDS:
         print("kamflat: unknown command %r\n\n%s" % (name, usage()), file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    module_name, function = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module_name), function)(rest)

@@ -21,7 +21,7 @@ import time
 import pytest
 
 import kamflat
-from kamflat import reader
+from kamflat.flatstore import reader
 
 MAX_SOCKET_PATH = 100     # sun_path holds 107 bytes on Linux
 

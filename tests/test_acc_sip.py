@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import DATA, wait_until
-from kamflat.acc import AccHandler
-from kamflat.record import encode_record
-from kamflat.sipnet import open_listen_sockets, serve_udp
+from kamflat.acc.logic import AccHandler
+from kamflat.flatstore.record import encode_record
+from kamflat.server.sipnet import open_listen_sockets, serve_udp
 
 ACC_SIP = DATA / "acc_sip"
 REFERENCE_EXTRA = "src_user=$fU;src_domain=$fd;dst_ouser=$tU"
@@ -201,7 +201,7 @@ def test_malformed_datagrams_over_udp_are_dropped_and_counted():
 
 
 def test_handler_from_a_kamailio_config(tmp_path):
-    from kamflat import config
+    from kamflat.config import cfg as config
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text('loadmodule "sl.so"\nloadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
                    'listen=udp:127.0.0.1:5070\n'

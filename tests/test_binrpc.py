@@ -1,10 +1,10 @@
-"""Pure tests of kamflat.binrpc (and ctl.answer, the request -> reply step)."""
+"""Pure tests of kamflat.proto.binrpc (and ctl.answer, the request -> reply step)."""
 import pytest
 
-from kamflat import binrpc
-from kamflat.binrpc import FAULT, NEED_DATA, REPLY, REQUEST, BinrpcError, Packet
-from kamflat.ctl import answer, parse_address
-from kamflat.rpc_commands import RpcCommands
+from kamflat.proto import binrpc
+from kamflat.proto.binrpc import FAULT, NEED_DATA, REPLY, REQUEST, BinrpcError, Packet
+from kamflat.server.ctl import answer, parse_address
+from kamflat.mgmt.rpc_commands import RpcCommands
 from test_jsonrpc_fifo import make_management
 
 COOKIE = bytes.fromhex("6b8b4567")

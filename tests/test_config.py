@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import DATA, REPO, run_kamflat
-from kamflat.config import ConfigError, load_config, parse_config
+from kamflat.config.cfg import ConfigError, load_config, parse_config
 
 CFG = DATA / "cfg"
 DEBIAN = CFG / "debian-kamailio.cfg"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import kamflat_env, wait_until
 import kamflat
-from kamflat.flatstore import (UNSUPPORTED_OPERATIONS, FlatstoreError, NotSupportedError,
+from kamflat.flatstore.connection import (UNSUPPORTED_OPERATIONS, FlatstoreError, NotSupportedError,
                                RotationCounter)
 
 
@@ -115,7 +115,7 @@ def test_idle_connection_keeps_its_file_until_its_next_insert(tmp_path):
 
 WRITER = r"""
 import os, sys, kamflat
-from kamflat.flatstore import RotationCounter
+from kamflat.flatstore.connection import RotationCounter
 directory, counter_path, rank, flush, stop = sys.argv[1:]
 conn = kamflat.connect("flatstore:" + directory, rank=int(rank), flush=int(flush),
                        rotation=RotationCounter(counter_path))
@@ -186,7 +186,7 @@ def test_rotation_counter_advances_are_not_lost_across_processes(tmp_path):
     assert anonymous.value == 4000
 
     path = str(tmp_path / "counter")
-    script = ("import sys; from kamflat.flatstore import RotationCounter\n"
+    script = ("import sys; from kamflat.flatstore.connection import RotationCounter\n"
               "c = RotationCounter(sys.argv[1])\n"
               "for _ in range(1000): c.advance()\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, path], env=kamflat_env())

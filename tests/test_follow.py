@@ -1,4 +1,4 @@
-"""kamflat.follow: follow a table's files across renames and new files, every record once.
+"""kamflat.flatstore.follow: follow a table's files across renames and new files, every record once.
 
 The big test runs a real writer process (flatstore-style lines, appends, reopens its files by
 name when told to) and rotates under it 10 times; the small ones drive Follower.poll() by hand.
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from kamflat.follow import Follower
+from kamflat.flatstore.follow import Follower
 from conftest import wait_until
 
 
@@ -284,7 +284,7 @@ def test_records_stops_on_timeout_and_missing_directory_is_a_clear_error(tmp_pat
 def test_auto_mode_falls_back_to_polling_when_pyinotify_cannot_be_imported(tmp_path):
     # a child interpreter where `import pyinotify` fails, as on Python 3.12 without pyasyncore
     code = ("import sys; sys.modules['pyinotify'] = None\n"
-            "from kamflat.follow import Follower\n"
+            "from kamflat.flatstore.follow import Follower\n"
             "f = Follower(sys.argv[1], 'acc', on_notice=print)\n"
             "print(f.mode)\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from kamflat.gen import EDGE_CASES, FAILURES, CallGenerator, TokenBucket
+from kamflat.tools.gen import EDGE_CASES, FAILURES, CallGenerator, TokenBucket
 from conftest import kamflat_argv, kamflat_env, run_kamflat
 
 FAILURE_CODES = {code for code, _reason, _weight in FAILURES}
@@ -177,7 +177,7 @@ def test_progress_line_on_a_terminal_only(tmp_path):
 
 
 def test_with_a_config_the_records_go_to_its_acc_tables(tmp_path):
-    from kamflat.gen import table_names
+    from kamflat.tools.gen import table_names
     cfg = tmp_path / "k.cfg"
     cfg.write_text('loadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
                    'modparam("acc", "db_url", "flatstore:%s")\n'

@@ -1,8 +1,8 @@
 """The ingest wire format: JSON lines to records, table-driven."""
 import pytest
 
-from kamflat import record
-from kamflat.ingestwire import IngestError, decode_line, encode_done, encode_error, split_lines
+from kamflat.flatstore import record
+from kamflat.proto.ingest import IngestError, decode_line, encode_done, encode_error, split_lines
 
 GOOD = [
     (b'{"table": "acc", "values": ["INVITE", 200, 1.5, null]}',

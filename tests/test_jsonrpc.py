@@ -1,12 +1,12 @@
-"""Pure tests of kamflat.jsonrpc: framing, request validation, reply printing."""
+"""Pure tests of kamflat.proto.jsonrpc: framing, request validation, reply printing."""
 import base64
 import json
 
 import pytest
 
 from conftest import DATA
-from kamflat import jsonrpc
-from kamflat.jsonrpc import NEED_DATA, Document, FifoStream, Invalid, Rejected, Request
+from kamflat.proto import jsonrpc
+from kamflat.proto.jsonrpc import NEED_DATA, Document, FifoStream, Invalid, Rejected, Request
 
 CASES = json.loads((DATA / "jsonrpc_fifo_cases.json").read_text())["cases"]
 
@@ -205,7 +205,7 @@ def test_error_object_uses_table_text_for_table_codes():
 
 def test_pretty_format_0_is_compact():
     """modparam("jsonrpcs", "pretty_format", 0), bytes as a live Kamailio 5.6.3 sent them."""
-    from kamflat.rpc_commands import Struct
+    from kamflat.mgmt.rpc_commands import Struct
     assert jsonrpc.encode_reply(result={}, id=4438, has_id=True, formatted=False) == \
         b'{"jsonrpc":"2.0","result":{},"id":4438}'
     assert jsonrpc.encode_reply(error=jsonrpc.error_object(500, "Method Not Found"), id=4395,
@@ -222,9 +222,9 @@ def test_pretty_format_0_is_compact():
 
 
 def test_process_names_are_kamailio_56s_over_rpc_and_33s_over_mi():
-    from kamflat.manage import Management, Process
-    from kamflat.mi_commands import MICommands
-    from kamflat.rpc_commands import Params, RpcCommands
+    from kamflat.mgmt.manage import Management, Process
+    from kamflat.mgmt.mi_commands import MICommands
+    from kamflat.mgmt.rpc_commands import Params, RpcCommands
     m = Management.standalone()
     m._processes = lambda: [Process(0, 10, 0, "attendant"), Process(1, 11, 1, "MI FIFO")]
     rpc = RpcCommands(m)

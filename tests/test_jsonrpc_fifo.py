@@ -19,8 +19,8 @@ import time
 import pytest
 
 from conftest import DATA, run_kamflat, wait_until
-from kamflat.jsonrpc_fifo import JsonRpcFifoServer
-from kamflat.manage import Management, Process
+from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer
+from kamflat.mgmt.manage import Management, Process
 
 RECORDING = json.loads((DATA / "jsonrpc_fifo_cases.json").read_text())
 TAG = "".join("0123456789abcdefghijklmnopqrstuvwxyz"[os.getpid() // 36 ** i % 36]
@@ -217,7 +217,7 @@ def check_case(case, got):
 
 
 def test_replay_recorded_cases(server, caplog):
-    caplog.set_level(logging.INFO, logger="kamflat.jsonrpc")
+    caplog.set_level(logging.INFO, logger="kamflat.proto.jsonrpc")
     for case in RECORDING["cases"]:
         caplog.clear()
         request = base64.b64decode(case["request_b64"])
@@ -478,7 +478,7 @@ def test_reply_name_no_utf8_can_carry_does_not_hold_up_the_next_request(server, 
 # -- kamflat rpc (the client)
 
 def test_client_request_bytes_are_kamctls():
-    from kamflat.rpc_client import build_request
+    from kamflat.tools.rpc import build_request
     assert build_request("flatstore.rotate", [], "kamailio_receiver_17058", 17058) == (
         b'{"jsonrpc": "2.0", "method": "flatstore.rotate", '
         b'"reply_name": "kamailio_receiver_17058", "id": 17058}\n')
@@ -507,7 +507,7 @@ def test_kamflat_rpc_cli(server, tmp_path):
 
 @pytest.mark.parametrize("fifo_name", ["ABS", "rpc.fifo"])
 def test_kamflat_rpc_reads_the_fifo_from_the_config(server, tmp_path, fifo_name):
-    pytest.importorskip("kamflat.config", reason="kamflat.config not merged yet")
+    pytest.importorskip("kamflat.config.cfg", reason="kamflat.config.cfg not merged yet")
     run_dir = os.path.dirname(server.path)
     name = server.path if fifo_name == "ABS" else os.path.basename(server.path)
     cfg = tmp_path / "kamailio.cfg"

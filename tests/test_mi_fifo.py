@@ -21,11 +21,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import DATA, run_kamflat, wait_until
-from kamflat.config import parse_config
-from kamflat.manage import Management, Process, Statistics
-from kamflat.fifoclient import exchange, make_reply_fifo, write_request
-from kamflat.mi_client import kamctl_output
-from kamflat.mi_fifo import MIFifoError, MIFifoServer
+from kamflat.config.cfg import parse_config
+from kamflat.mgmt.manage import Management, Process, Statistics
+from kamflat.tools.fifoclient import exchange, make_reply_fifo, write_request
+from kamflat.tools.fifo import kamctl_output
+from kamflat.server.mi_fifo import MIFifoError, MIFifoServer
 
 CASES = json.loads((DATA / "mi_classic_cases.json").read_text())["exchanges"]
 PID = os.getpid()
@@ -65,7 +65,7 @@ class Running:
         self.records = []
         self._handler = logging.Handler(logging.WARNING)
         self._handler.emit = lambda record: self.records.append(record.getMessage())
-        logging.getLogger("kamflat.mi_fifo").addHandler(self._handler)
+        logging.getLogger("kamflat.server.mi_fifo").addHandler(self._handler)
         self.server.open()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self.server.serve, args=(self._stop,), daemon=True)
@@ -87,7 +87,7 @@ class Running:
         self._stop.set()
         self.thread.join(5)
         self.server.close()
-        logging.getLogger("kamflat.mi_fifo").removeHandler(self._handler)
+        logging.getLogger("kamflat.server.mi_fifo").removeHandler(self._handler)
 
 
 @pytest.fixture
@@ -503,7 +503,7 @@ def test_kamflat_fifo_timeout_is_an_error(tmp_path):
 
 
 def test_kamflat_fifo_with_config(srv, tmp_path):
-    pytest.importorskip("kamflat.config")
+    pytest.importorskip("kamflat.config.cfg")
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text('loadmodule "mi_fifo.so"\nmodparam("mi_fifo", "fifo_name", "%s")\n' % srv.path)
     done = run_kamflat("fifo", "-f", cfg, "pwd")

@@ -1,4 +1,4 @@
-"""kamflat.mi: the MI FIFO grammar and reply framing, table-driven (no IO)."""
+"""kamflat.proto.mi: the MI FIFO grammar and reply framing, table-driven (no IO)."""
 import base64
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import DATA
-from kamflat.mi import (
+from kamflat.proto.mi import (
     NEED_DATA, Arg, MIParser, Node, ParseError, ProtocolDrop, Request, UnknownCommand,
     check_reply_name, command_failed, command_not_available, encode_reply, encode_request, parse_error_reply,
 )

@@ -6,7 +6,7 @@ Each case is config text in and the tokens (kind, value) out, or the exact
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kamflat.preproc import ConfigError, preprocess
+from kamflat.config.preproc import ConfigError, preprocess
 
 
 def scan(text, defines=(), path="t.cfg"):

@@ -11,7 +11,7 @@ from conftest import REPO
 
 pytest_plugins = ["pytester"]
 
-if importlib.util.find_spec("kamflat.arbiter") is None:
+if importlib.util.find_spec("kamflat.server.arbiter") is None:
     pytest.skip("kamflat serve not available", allow_module_level=True)
 
 PLUGIN = "kamflat.pytest_plugin"

@@ -1,10 +1,10 @@
-"""kamflat.reader: flatstore lines back to values, table files, merging (pure tables + tmp files)."""
+"""kamflat.flatstore.reader: flatstore lines back to values, table files, merging (pure tables + tmp files)."""
 import gzip
 import os
 
 import pytest
 
-from kamflat import reader
+from kamflat.flatstore import reader
 from conftest import DATA
 
 READER_DATA = DATA / "reader"   # acc files written by Kamailio 5.6.3 (conformance/acc_sip)

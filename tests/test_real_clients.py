@@ -15,10 +15,10 @@ import time
 import pytest
 
 from test_jsonrpc_fifo import hang_rotation, make_management
-from kamflat import binrpc
-from kamflat.ctl import CtlServer, parse_address
-from kamflat.jsonrpc_fifo import JsonRpcFifoServer
-from kamflat.rpc_commands import SERVER_VERSION
+from kamflat.proto import binrpc
+from kamflat.server.ctl import CtlServer, parse_address
+from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer
+from kamflat.mgmt.rpc_commands import SERVER_VERSION
 
 KAMCTL = shutil.which("kamctl") or ("/usr/sbin/kamctl" if os.path.exists("/usr/sbin/kamctl")
                                     else None)
@@ -416,7 +416,7 @@ def test_jsonrpc_same_replies_as_kamailio(both):
 
 @pytest.mark.parametrize("client", ["kamctl", "kamcmd", "kamflat rpc"])
 def test_rotation_by_each_client_reopens_the_files(tmp_path, client):
-    flatstore = pytest.importorskip("kamflat.flatstore", reason="kamflat.flatstore not merged")
+    flatstore = pytest.importorskip("kamflat.flatstore.connection", reason="kamflat.flatstore.connection not merged")
     if {"kamctl": KAMCTL, "kamcmd": KAMCMD}.get(client, True) is None:
         pytest.skip("%s not installed" % client)
     from conftest import run_kamflat
@@ -464,7 +464,7 @@ def test_ctl_survives_running_out_of_descriptors(tmp_path, caplog):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
     try:
-        from kamflat import binrpc
+        from kamflat.proto import binrpc
         request = binrpc.encode_packet(binrpc.REQUEST, 9, binrpc.encode_body(["core.version"]))
         first = socket.socket(socket.AF_UNIX)
         first.settimeout(5)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import DATA
-from kamflat.record import (Bigint, Bitmap, Datetime, RecordError, String, Ubigint, Uint,
+from kamflat.flatstore.record import (Bigint, Bitmap, Datetime, RecordError, String, Ubigint, Uint,
                             encode_record, make_encoder)
 
 UTC = datetime.timezone.utc

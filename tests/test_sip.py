@@ -1,15 +1,17 @@
-"""kamflat.sip / sipaddr / pvar / sipnet: parsing as Kamailio 5.6 does, replies as sl does."""
+"""kamflat.proto.sip / sipaddr / pvar / sipnet: parsing as Kamailio 5.6 does, replies as sl does."""
 import socket
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kamflat import pvar, sipaddr, sipuri
-from kamflat.acc import AccHandler
-from kamflat.sip import SipError, build_reply, parse_request, reply_destination
-from kamflat.sipaddr import parse_name_addr
-from kamflat.sipuri import AddrError, parse_uri
-from kamflat.sipnet import ListenError, open_listen_sockets, parse_listen
+from kamflat.acc import pv as pvar
+
+from kamflat.proto import sipaddr, sipuri
+from kamflat.acc.logic import AccHandler
+from kamflat.proto.sip import SipError, build_reply, parse_request, reply_destination
+from kamflat.proto.sipaddr import parse_name_addr
+from kamflat.proto.sipuri import AddrError, parse_uri
+from kamflat.server.sipnet import ListenError, open_listen_sockets, parse_listen
 
 
 def request(*headers, first="INVITE sip:bob@127.0.0.1 SIP/2.0", end="\r\n"):

@@ -175,7 +175,7 @@ DB_EXTRA = "src_user=$fU;src_domain=$fd;dst_ouser=$tU"
 
 @pytest.fixture
 def server(tmp_path):
-    pytest.importorskip("kamflat.arbiter", reason="kamflat serve not available")
+    pytest.importorskip("kamflat.server.arbiter", reason="kamflat serve not available")
     from kamflat.pytest_plugin import KamflatServer
     running = KamflatServer(tmp_path / "srv", db_extra=DB_EXTRA)
     os.makedirs(running.directory)
@@ -263,7 +263,7 @@ SIP_INVITE = ("INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
 def test_follow_keeps_a_folded_header_record_whole_from_real_sip(tmp_path):
     """A SIP request with a folded User-Agent makes a record with a raw CR LF SP inside
     (as Kamailio writes it); follow and cat hand it out as one record."""
-    pytest.importorskip("kamflat.arbiter", reason="kamflat serve not available")
+    pytest.importorskip("kamflat.server.arbiter", reason="kamflat serve not available")
     from kamflat.pytest_plugin import KamflatServer
     port = free_udp_port()
     server = KamflatServer(tmp_path / "srv", db_extra="src_user=$fU;ua=$ua",

@@ -1,0 +1,200 @@
+"""The SIP front end's logic: answer a request statelessly and account it as acc does.
+
+Pure: `AccHandler.handle(datagram, source)` takes the bytes of one UDP datagram and the
+sender's address and returns an Outcome: the reply bytes (None for ACK and for
+datagrams that are dropped), where to send them, the records to write as
+[(table, values)], and a reason string when something was dropped or not accounted
+(`reply, records = handler.handle(data, addr)` works; see Outcome).
+It never raises for anything a client can send.
+
+With no kamflat params the records equal what this Kamailio 5.6 route writes:
+
+    if (is_method("INVITE|BYE")) { acc_db_request("200 OK", "acc"); sl_send_reply("200", "OK"); }
+
+Columns: method (from CSeq, as acc), from_tag, to_tag (the request's), callid, sip_code,
+sip_reason, time (epoch seconds), then the db_extra columns in order. A request whose
+From header does not parse gets its reply but no record (acc_preparse_req fails).
+
+kamflat's own params (modparam("kamflat", ...)):
+- acc_methods "INVITE|BYE": the methods accounted.
+- sip_reply "200 OK": the reply to every request except ACK; repeatable
+  "METHOD[|METHOD...]=CODE REASON" overrides it per method, and the method name OTHER
+  stands for every method that is not accounted (so "OTHER=404 Not here" gives the
+  reference config's route exactly).
+- sip_missed_calls 1: an accounted request answered with a code >= 300 is written to
+  acc's db_table_missed_calls instead of db_table_acc (as acc's failed-transaction
+  accounting does); 0 writes everything to db_table_acc.
+- sip_server_header "kamflat (VERSION)": the Server header of replies ("" for none).
+"""
+import time
+
+from kamflat import __version__
+
+from kamflat.acc import pv as pvar
+from kamflat.proto.sip import SipError, build_reply, parse_request, reply_destination, to_tag_for
+
+CORE_COLUMNS = ["method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time"]
+SERVER_HEADER = "kamflat (%s)" % __version__
+
+# sl module statistics that have a counter of their own; other codes count per class.
+_SL_CODES = {200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
+
+
+class Outcome(tuple):
+    """What handle() decided. Unpacks as the pair `reply, records`:
+
+    reply     bytes to send, None for ACK and dropped datagrams
+    records   [(table, values)] for kamflat.flatstore.record.encode_record, in order
+    reply_to  (ip, port[, ...]) to send the reply to (the source address, with the Via's
+              port unless the Via has rport, as Kamailio's sl does)
+    reason    why the datagram was dropped or not accounted (for the log), else None
+    """
+
+    def __new__(cls, reply, records, reply_to=None, reason=None):
+        self = tuple.__new__(cls, (reply, records))
+        self.reply_to = reply_to
+        self.reason = reason
+        return self
+
+    reply = property(lambda self: self[0])
+    records = property(lambda self: self[1])
+
+
+class ParamError(ValueError):
+    """A kamflat SIP param with a bad value; the message names it."""
+
+
+def parse_reply_spec(text, what="sip_reply"):
+    """"486 Busy Here" -> (486, "Busy Here"); "486" -> (486, "")."""
+    code, _, reason = text.strip().partition(" ")
+    if not (code.isdigit() and len(code) == 3 and 200 <= int(code) <= 699):
+        raise ParamError("%s: %r does not start with a final reply code 200..699"
+                         % (what, text))
+    return int(code), reason.strip()
+
+
+def parse_methods(text, what="acc_methods"):
+    methods = {m.strip().upper() for m in text.split("|") if m.strip()}
+    if not methods:
+        raise ParamError("%s: no method in %r" % (what, text))
+    return methods
+
+
+class AccHandler:
+    """Stateless replies and acc records for SIP requests (see module docstring)."""
+
+    def __init__(self, acc_methods="INVITE|BYE", reply="200 OK", reply_overrides=(),
+                 db_extra="", table_acc="acc", table_missed="missed_calls",
+                 missed_calls=True, server=SERVER_HEADER, clock=time.time):
+        self.acc_methods = parse_methods(acc_methods)
+        self.default_reply = parse_reply_spec(reply)
+        self.overrides = {}
+        for spec in reply_overrides:
+            methods, eq, rest = spec.partition("=")
+            if not eq:
+                raise ParamError("sip_reply: %r is not METHOD=CODE REASON" % spec)
+            code_reason = parse_reply_spec(rest, "sip_reply %s" % methods.strip())
+            for m in parse_methods(methods, "sip_reply"):
+                self.overrides[m] = code_reason
+        try:
+            self.extra = pvar.parse_db_extra(db_extra)
+        except pvar.PvarError as e:
+            raise ParamError(str(e)) from None
+        self._extra_eval = [pvar.evaluator(spec) for _, spec in self.extra]
+        self.keys = CORE_COLUMNS + [column for column, _ in self.extra]
+        self.table_acc = table_acc
+        self.table_missed = table_missed
+        self.missed_calls = missed_calls
+        self.server = server
+        self.clock = clock
+        self.counters = {}
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """Build from a kamflat Config (acc and kamflat params); keyword args win."""
+        param = config.param
+        replies = config.param_values("kamflat", "sip_reply")
+        plain = [v for v in replies if "=" not in v]
+        server = param("kamflat", "sip_server_header")
+        kwargs = dict(
+            acc_methods=param("kamflat", "acc_methods"),
+            reply=plain[-1] if plain else "200 OK",
+            reply_overrides=[v for v in replies if "=" in v],
+            db_extra=param("acc", "db_extra") or "",
+            table_acc=param("acc", "db_table_acc"),
+            table_missed=param("acc", "db_table_missed_calls"),
+            missed_calls=bool(param("kamflat", "sip_missed_calls")),
+            server=SERVER_HEADER if server is None else server,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def reply_for(self, method):
+        """(code, reason) sent for a request of this method."""
+        if method in self.overrides:
+            return self.overrides[method]
+        if method not in self.acc_methods and "OTHER" in self.overrides:
+            return self.overrides["OTHER"]
+        return self.default_reply
+
+    def _count(self, name, n=1):
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def take_counters(self):
+        """The counters since the last call, and reset them (for shared statistics)."""
+        counters, self.counters = self.counters, {}
+        return counters
+
+    def handle(self, datagram, source):
+        """One datagram from `source` (ip, port[, ...]) -> Outcome. Never raises for
+        bad input: a malformed datagram gives Outcome(None, [], None, reason)."""
+        try:
+            request = parse_request(datagram)
+        except SipError as e:
+            if e.reason == "response":
+                self._count("core:rcv_replies")
+            else:
+                self._count("core:bad_msg_hdr" if e.reason == "bad_header"
+                            else "kamflat:sip_malformed")
+            self._count("core:drop_requests" if e.reason != "response"
+                        else "core:drop_replies")
+            return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
+        self._count("core:rcv_requests")
+        method = request.method.upper()
+        code, reason = self.reply_for(method)
+        reply = reply_to = None
+        if method == "ACK":
+            self._count("sl:received_ACKs")
+        else:
+            reply = build_reply(request, code, reason, to_tag_for(request),
+                                source=source, server=self.server)
+            reply_to = reply_destination(request, source)
+            self._count_reply(code)
+        if method not in self.acc_methods:
+            return Outcome(reply, [], reply_to)
+        try:
+            from_addr = request.from_addr()
+        except SipError as e:
+            self._count("kamflat:acc_skipped")
+            return Outcome(reply, [], reply_to, "not accounted (as Kamailio): %s" % e)
+        values = [request.cseq_method, from_addr.tag or None, request.to.tag or None,
+                  request.call_id or None, str(code), reason, int(self.clock())]
+        values += [ev(request, source) for ev in self._extra_eval]
+        table = self.table_acc
+        if code >= 300 and self.missed_calls:
+            table = self.table_missed
+            self._count("kamflat:acc_missed")
+        self._count("kamflat:acc_records")
+        return Outcome(reply, [(table, values)], reply_to)
+
+    def _count_reply(self, code):
+        self._count("sl:sent_replies")
+        if code >= 300:
+            self._count("sl:sent_err_replies")
+        self._count("sl:%d_replies" % code if code in _SL_CODES
+                    else "sl:%dxx_replies" % (code // 100))
+
+
+def handler_from_config(config, **overrides):
+    """AccHandler.from_config(config) (the name `kamflat serve` calls)."""
+    return AccHandler.from_config(config, **overrides)

@@ -1,0 +1,119 @@
+"""The pseudo-variables acc's db_extra may name, evaluated against a parsed request.
+
+Pure. `parse_db_extra("src_user=$fU;src_domain=$fd")` -> [("src_user", "$fU"), ...];
+`evaluate("$fU", request, source)` -> str, or None where Kamailio's value is unset
+(acc writes unset values as empty strings with acc_extra_nullable=0).
+
+Values follow Kamailio 5.6's pv module: $fU/$fd/$tU/$td/$rU/$rd are unset when the
+URI does not parse or the part is empty; $fn keeps the quotes of a quoted display name;
+header values keep folding as sent.
+"""
+import re
+
+from kamflat.proto.sip import SipError, header_key
+from kamflat.proto.sipuri import AddrError, parse_uri
+
+SUPPORTED = ("$fU", "$fd", "$fn", "$fu", "$tU", "$td", "$tu", "$ru", "$rU", "$rd",
+             "$ci", "$cs", "$ua", "$si", "$sp", "$rm", "$hdr(Name)")
+
+
+class PvarError(ValueError):
+    """A db_extra definition kamflat cannot evaluate; the message names the bad part."""
+
+
+_HDR_RE = re.compile(r"\$hdr\(([A-Za-z0-9.!%*_+`'~-]+)\)\Z")
+_COLUMN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_pvar(spec):
+    """Raise PvarError unless `spec` is a pseudo-variable evaluate() knows."""
+    if spec in SUPPORTED[:-1] or _HDR_RE.match(spec):
+        return spec
+    raise PvarError("unsupported pseudo-variable %r (supported: %s)"
+                    % (spec, " ".join(SUPPORTED)))
+
+
+def parse_db_extra(text):
+    """Split acc's db_extra ("col=$pv;col2=$pv2") into [(column, pvar)].
+
+    Raises PvarError naming the part that is wrong."""
+    pairs = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        column, eq, spec = part.partition("=")
+        column, spec = column.strip(), spec.strip()
+        if not eq or not column or not spec:
+            raise PvarError("db_extra: bad part %r (expected column=$pvar)" % part)
+        if not _COLUMN_RE.match(column):
+            raise PvarError("db_extra: bad column name %r in %r" % (column, part))
+        try:
+            check_pvar(spec)
+        except PvarError as e:
+            raise PvarError("db_extra: %s in %r" % (e, part)) from None
+        pairs.append((column, spec))
+    return pairs
+
+
+def _uri_part(request, which, part):
+    """user/host of the From, To or Request URI; parsed once per request."""
+    cache = request.cache
+    if which not in cache:
+        if which == "from":
+            addr = _from(request)
+            uri = addr.uri if addr else None
+        else:
+            uri = request.to.uri if which == "to" else request.uri
+        try:
+            cache[which] = parse_uri(uri) if uri is not None else None
+        except AddrError:
+            cache[which] = None
+    parsed = cache[which]
+    return (getattr(parsed, part) or None) if parsed else None
+
+
+def _from(request):
+    try:
+        return request.from_addr()
+    except SipError:
+        return None
+
+
+def _header(request, key):
+    h = request.header(key)
+    return h.value if h is not None else None
+
+
+_EVALUATORS = {
+    "$fU": lambda r, s: _uri_part(r, "from", "user"),
+    "$fd": lambda r, s: _uri_part(r, "from", "host"),
+    "$fn": lambda r, s: (_from(r).display or None) if _from(r) else None,
+    "$fu": lambda r, s: _from(r).uri if _from(r) else None,
+    "$tU": lambda r, s: _uri_part(r, "to", "user"),
+    "$td": lambda r, s: _uri_part(r, "to", "host"),
+    "$tu": lambda r, s: r.to.uri,
+    "$ru": lambda r, s: r.uri,
+    "$rU": lambda r, s: _uri_part(r, "ruri", "user"),
+    "$rd": lambda r, s: _uri_part(r, "ruri", "host"),
+    "$ci": lambda r, s: r.call_id,
+    "$cs": lambda r, s: r.cseq_num,
+    "$ua": lambda r, s: _header(r, "user-agent"),
+    "$si": lambda r, s: s[0] if s else None,
+    "$sp": lambda r, s: str(s[1]) if s else None,
+    "$rm": lambda r, s: r.method,
+}
+
+
+def evaluator(spec):
+    """A function (request, source) -> str | None for one pseudo-variable."""
+    check_pvar(spec)
+    if spec in _EVALUATORS:
+        return _EVALUATORS[spec]
+    key = header_key(_HDR_RE.match(spec).group(1))
+    return lambda r, s: _header(r, key)
+
+
+def evaluate(spec, request, source=None):
+    """The value of one pseudo-variable: str, or None when Kamailio's would be unset."""
+    return evaluator(spec)(request, source)

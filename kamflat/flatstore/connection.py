@@ -1,0 +1,414 @@
+"""The db_flatstore writer: Kamailio's DB API subset that appends records to table files.
+
+    conn = kamflat.connect("flatstore:/var/log/acc", rank=1)
+    conn.use_table("acc")
+    conn.insert(None, ["INVITE", "ft-1", "", "call-1", "200", "OK", 1795763336])
+    conn.close()
+
+Files are `DIR/<table>_<N>.log` with N = 128 + rank for SIP workers (rank >= 1) and
+N = -rank otherwise, as real Kamailio (3.1 and later) names them. A file is opened, in
+append mode, on the first insert into its table, and reopened by name after a rotation.
+
+Where this differs from Kamailio on purpose:
+- Rotation is a generation counter (`RotationCounter`) that any process can advance, not a
+  timestamp, so two rotations in one second both take effect.
+- flush=False buffers whole records and writes only whole records; the buffer is written
+  on rotation, `close_files()` and `close()`, so nothing is torn or lost on a clean close.
+- A file that cannot be opened (directory missing, not writable) or written (disk full)
+  raises FlatstoreError naming the path; nothing of that record stays in the file or the
+  buffer, and the same insert can be retried. The connection recovers by itself when the
+  directory is back: no restart, no rotation needed.
+"""
+import fcntl
+import mmap
+import os
+import tempfile
+import threading
+
+from kamflat.flatstore.record import make_encoder
+
+__all__ = ["connect", "FlatConnection", "RotationCounter", "FlatstoreError",
+           "NotSupportedError", "table_file_name"]
+
+URL_SCHEME = "flatstore:"
+FILE_SUFFIX = ".log"
+FILE_MODE = 0o644
+OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+BUFFER_SIZE = 64 * 1024  # flush=False writes the buffered records once they reach this
+_write = os.write         # one global lookup on the insert path instead of two
+_NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a counter: 0
+
+
+class FlatstoreError(Exception):
+    """A flatstore file could not be opened or written; `path` names it."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+class NotSupportedError(Exception):
+    """A Kamailio DB API operation that db_flatstore does not have."""
+
+
+# ---- names -----------------------------------------------------------------------------
+
+def check_table_name(table):
+    """Refuse table names that could make the file name leave the directory."""
+    if not isinstance(table, str):
+        raise ValueError("flatstore table name must be a str, not %s" % type(table).__name__)
+    for bad, why in (("/", "contains '/'"), ("..", "contains '..'"), ("\0", "contains NUL")):
+        if bad in table:
+            raise ValueError("flatstore table name %r refused: it %s" % (table, why))
+    if not table:
+        raise ValueError("flatstore table name refused: it is empty")
+
+
+def table_file_name(table, rank):
+    """`<table>_<N>.log`: N = 128 + rank for ranks >= 1 (SIP workers), -rank otherwise."""
+    check_table_name(table)
+    if not isinstance(rank, int) or isinstance(rank, bool):
+        raise ValueError("flatstore rank must be an int, not %r" % (rank,))
+    return "%s_%d%s" % (table, 128 + rank if rank >= 1 else -rank, FILE_SUFFIX)
+
+
+def parse_url(url):
+    """The directory of a `flatstore:<dir>` URL (everything after the first ':')."""
+    if not isinstance(url, str) or not url.startswith(URL_SCHEME) or not url[len(URL_SCHEME):]:
+        raise ValueError("not a flatstore URL: %r (expected 'flatstore:<directory>', "
+                         "e.g. 'flatstore:/var/log/acc')" % (url,))
+    return url[len(URL_SCHEME):]
+
+
+# ---- the shared rotation counter -------------------------------------------------------
+
+class RotationCounter:
+    """A rotation generation number in shared memory.
+
+    RotationCounter() is anonymous shared memory: create it before forking and every
+    child sees the same number. RotationCounter(path) maps an 8-byte file (created if
+    missing) so unrelated processes can share it. Readers only compare the number (one
+    8-byte read, no lock) with the generation they last saw (a read racing an advance
+    may see a mix of old and new bytes: that costs one extra reopen, never a missed
+    rotation). `advance()` increments under a POSIX record lock on the file (which
+    excludes other processes, including forked children) plus a thread lock (which
+    excludes other threads of this process).
+    Close the counter only after the connections that use it.
+    """
+    SIZE = 8
+
+    def __init__(self, path=None):
+        self.path = path
+        if path is None:
+            if hasattr(os, "memfd_create"):
+                self._fd = os.memfd_create("kamflat-rotation", os.MFD_CLOEXEC)
+            else:
+                with tempfile.TemporaryFile() as f:
+                    self._fd = os.dup(f.fileno())
+        else:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < self.SIZE:
+                os.ftruncate(self._fd, self.SIZE)  # a new counter starts at 0
+            elif size > self.SIZE:
+                raise ValueError("%s is not a rotation counter: %d bytes, expected %d"
+                                 % (path, size, self.SIZE))
+            self._map = mmap.mmap(self._fd, self.SIZE)
+            self._cell = memoryview(self._map).cast("Q")  # the number, a native uint64
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._lock = threading.Lock()
+
+    @property
+    def value(self):
+        return self._cell[0]
+
+    def advance(self):
+        """Start a new generation; returns it. Safe with several advancing processes."""
+        with self._lock:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            try:
+                value = self._cell[0] = (self._cell[0] + 1) % 2**64
+                return value
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def close(self):
+        if self._fd is not None:
+            self._cell.release()
+            self._map.close()
+            os.close(self._fd)
+            self._fd = None
+
+    def __repr__(self):
+        state = "closed" if self._fd is None else "value=%d" % self.value
+        return "RotationCounter(%r, %s)" % (self.path, state)
+
+
+# ---- one table file --------------------------------------------------------------------
+
+class _TableFile:
+    """DIR/<table>_<N>.log: its descriptor once opened, and (flush=False) the records not
+    written yet. Every write leaves the file at a record boundary."""
+    __slots__ = ("path", "fd", "pending", "pending_size")
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+        self.pending = []
+        self.pending_size = 0
+
+    def open(self):
+        try:
+            self.fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+        except OSError as error:
+            raise FlatstoreError("cannot open flatstore file %s: %s (the directory %s must "
+                                 "exist and be writable)" % (self.path, error.strerror,
+                                                             os.path.dirname(self.path)),
+                                 self.path) from None
+        return self.fd
+
+    def failed(self, error):
+        return FlatstoreError("cannot write to flatstore file %s: %s"
+                              % (self.path, error.strerror), self.path)
+
+    def finish(self, data, written, record_sizes):
+        """Write the rest of `data` after a short write (disk full, size limit, signal).
+
+        If that fails, the torn record at the end of the file is cut off again, so the
+        file ends at a record boundary; returns nothing, raises FlatstoreError with the
+        number of whole records that did reach the file in `.records_written`.
+        """
+        view = memoryview(data)
+        while written < len(data):
+            try:
+                count = _write(self.fd, view[written:])
+                if count == 0:
+                    raise OSError(28, os.strerror(28))  # ENOSPC: no progress
+            except OSError as error:
+                failure = self.failed(error)
+                failure.records_written = self._cut_torn_record(written, record_sizes)
+                raise failure from None
+            written += count
+
+    def _cut_torn_record(self, written, record_sizes):
+        whole = records = 0
+        for size in record_sizes:
+            if whole + size > written:
+                break
+            whole += size
+            records += 1
+        torn = written - whole
+        if torn:
+            # O_APPEND leaves the offset at the end of our write; truncate only if nobody
+            # appended after it (a file shared by several processes), else it stays torn.
+            try:
+                end = os.lseek(self.fd, 0, os.SEEK_CUR)
+                if os.fstat(self.fd).st_size == end:
+                    os.ftruncate(self.fd, end - torn)
+            except OSError:
+                pass  # the write error being raised says more than this one
+        return records
+
+    def write(self, data, record_sizes):
+        fd = self.fd if self.fd is not None else self.open()
+        try:
+            written = _write(fd, data)
+        except OSError as error:
+            raise self.failed(error) from None
+        if written != len(data):
+            self.finish(data, written, record_sizes)
+
+    def write_pending(self):
+        """Write the buffered records; on failure keep those that did not reach the file."""
+        if not self.pending:
+            return
+        try:
+            self.write(b"".join(self.pending), [len(record) for record in self.pending])
+        except FlatstoreError as error:
+            done = getattr(error, "records_written", 0)
+            del self.pending[:done]
+            self.pending_size = sum(map(len, self.pending))
+            raise
+        self.pending.clear()
+        self.pending_size = 0
+
+    def close(self):
+        try:
+            self.write_pending()
+        finally:
+            if self.fd is not None:
+                fd, self.fd = self.fd, None
+                os.close(fd)
+
+
+# ---- the connection --------------------------------------------------------------------
+
+class FlatConnection:
+    """A flatstore connection: `use_table()`, `insert()`, `close_files()`, `close()`.
+
+    One per process (or per thread): like Kamailio's, it is not meant to be shared across
+    fork; make it in the process that writes.
+    """
+
+    def __init__(self, directory, rank=1, flush=True, encode_delimiter=True,
+                 encode_newlines=False, rotation=None):
+        self.directory = os.path.abspath(directory)
+        self.rank = rank
+        self.flush = bool(flush)
+        self.rotation = rotation
+        self._suffix = table_file_name("t", rank)[1:]  # "_<N>.log"; validates the rank
+        if rotation is not None and not isinstance(rotation, RotationCounter):
+            raise TypeError("rotation must be a RotationCounter or None, not %r" % (rotation,))
+        self._encode = make_encoder(encode_delimiter, encode_newlines)
+        self._files = {}       # table name -> _TableFile
+        self._current = None   # the _TableFile of the table in use
+        self._closed = False
+        # The rotation check before each insert reads this shared number and compares
+        # it with the generation last seen; without a counter, a number that never moves.
+        self._rotation_cell = rotation._cell if rotation is not None else _NO_ROTATION
+        self._generation = self._rotation_cell[0]
+
+    def path(self, table):
+        """Where records for `table` go."""
+        check_table_name(table)
+        return os.path.join(self.directory, table + self._suffix)
+
+    def use_table(self, table):
+        """Select the table the next inserts go to (its file opens on the first insert)."""
+        current = self._files.get(table)
+        if current is None:
+            if self._closed:
+                raise FlatstoreError("flatstore connection to %s is closed" % self.directory)
+            current = self._files[table] = _TableFile(self.path(table))
+        self._current = current
+
+    def insert(self, keys, values):
+        """Append one record to the current table's file.
+
+        `keys` (column names) may be None; flatstore does not write them, but if given
+        there must be one per value. With flush=True the record has been handed to the OS
+        when this returns; with flush=False it is buffered (whole) and written later.
+        Raises FlatstoreError if the file cannot be opened or written: then nothing of the
+        record was kept and the same insert can be retried.
+        """
+        if self._rotation_cell[0] != self._generation:
+            self._reopen_after_rotation()
+        table = self._current
+        if table is None:
+            raise FlatstoreError(
+                "flatstore connection to %s is closed" % self.directory if self._closed
+                else "no table selected: call use_table(name) before insert()")
+        line = self._encode(values)
+        if keys is not None and len(keys) != len(values):
+            raise ValueError("insert into %s: %d keys but %d values"
+                             % (table.path, len(keys), len(values)))
+        if self.flush:
+            fd = table.fd
+            if fd is None:
+                fd = table.open()
+            try:
+                written = _write(fd, line)
+            except OSError as error:
+                raise table.failed(error) from None
+            if written != len(line):
+                table.finish(line, written, (len(line),))
+        else:
+            if table.fd is None:
+                table.open()  # a missing directory fails now, not at some later flush
+            if table.pending_size + len(line) > BUFFER_SIZE:
+                table.write_pending()  # before taking this record: a failure leaves it out
+            table.pending.append(line)
+            table.pending_size += len(line)
+
+    def _reopen_after_rotation(self):
+        # Read the generation first: a rotation that comes while we close is seen next time.
+        generation = self._rotation_cell[0]
+        self.close_files()
+        self._generation = generation
+
+    def close_files(self):
+        """Write everything buffered and close every open file now; the next insert into a
+        table reopens its file by name. Raises the first FlatstoreError after trying every
+        file; records that could not be written stay buffered, none is lost."""
+        self._each_table(_TableFile.close)
+
+    def write_buffered(self):
+        """Write the records flush=False holds back (whole records), keeping files open.
+        Same errors as close_files()."""
+        self._each_table(_TableFile.write_pending)
+
+    @property
+    def buffered(self):
+        """True when flush=False holds records that are not in a file yet."""
+        return any(table.pending for table in self._files.values())
+
+    def _each_table(self, action):
+        first_error = None
+        for table in self._files.values():
+            try:
+                action(table)
+            except FlatstoreError as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def close(self):
+        """close_files(), then forget the tables. If something buffered cannot be written
+        the FlatstoreError is raised and the connection stays usable, so close() can be
+        retried."""
+        if self._closed:
+            return
+        self.close_files()
+        self._files.clear()
+        self._current = None
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return "<FlatConnection %s%s rank=%s flush=%s%s>" % (
+            URL_SCHEME, self.directory, self.rank, int(self.flush),
+            " closed" if self._closed else "")
+
+
+# Kamailio's DB API operations that db_flatstore leaves out (db_func_t members).
+UNSUPPORTED_OPERATIONS = (
+    "query", "fetch_result", "raw_query", "free_result", "delete", "update", "replace",
+    "last_inserted_id", "insert_update", "insert_delayed", "insert_async", "affected_rows",
+    "start_transaction", "end_transaction", "abort_transaction", "query_lock",
+    "raw_query_async",
+)
+
+
+def _not_supported(name):
+    def operation(self, *args, **kwargs):
+        raise NotSupportedError("%s() is not supported by flatstore: it can only append "
+                                "records with insert()" % name)
+    operation.__name__ = operation.__qualname__ = name
+    return operation
+
+
+for _name in UNSUPPORTED_OPERATIONS:
+    setattr(FlatConnection, _name, _not_supported(_name))
+
+
+def connect(url, rank=1, flush=True, encode_delimiter=True, encode_newlines=False,
+            rotation=None):
+    """Open a flatstore connection: `connect("flatstore:/var/log/acc", rank=1)`.
+
+    rank picks the file number as Kamailio's process rank does (1 -> acc_129.log, 0 ->
+    acc_0.log, -1 -> acc_1.log). flush and encode_delimiter are db_flatstore's params;
+    encode_newlines (kamflat's own) also writes CR/LF in strings as %0D/%0A. rotation is
+    a RotationCounter shared with whoever rotates. The directory is not checked here:
+    like Kamailio, the first insert opens the file.
+    """
+    return FlatConnection(parse_url(url), rank=rank, flush=flush,
+                          encode_delimiter=encode_delimiter,
+                          encode_newlines=encode_newlines, rotation=rotation)
