@@ -19,6 +19,10 @@ class SendError(Exception):
     """The server could not be reached or closed the connection early."""
 
 
+class ServerUnreachable(SendError):
+    """Nothing accepts connections on the ingest socket."""
+
+
 @dataclass
 class Result:
     lines: int = 0          # lines the server took
@@ -63,7 +67,7 @@ def send_bytes(path, blocks, timeout=60.0, on_error=None):
         try:
             sock.connect(path)
         except OSError as exc:
-            raise SendError("cannot connect to the ingest socket %s: %s" % (path, exc.strerror))
+            raise ServerUnreachable("cannot connect to the ingest socket %s: %s" % (path, exc.strerror))
         sock.setblocking(False)
         return _exchange(sock, iter(blocks), timeout, on_error)
     finally:

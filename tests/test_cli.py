@@ -23,3 +23,33 @@ def test_unknown_command_says_so():
     proc = run_kamflat("rotate")
     assert proc.returncode == 2
     assert "kamflat: unknown command 'rotate'" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["fifo", "rpc", "send", "gen"])
+def test_every_client_help_states_the_one_exit_status_scheme(name):
+    from kamflat.tools import EXIT_STATUS_HELP
+    proc = run_kamflat(name, "--help")
+    assert " ".join(EXIT_STATUS_HELP.split()) in " ".join(proc.stdout.split())
+
+
+@pytest.mark.parametrize("name,usage,required", [
+    ("fifo", "CMD [ARG ...]", "CMD"), ("rpc", "method [PARAM ...]", "method")])
+def test_a_missing_command_is_a_usage_error_naming_only_what_is_required(name, usage, required):
+    proc = run_kamflat(name)
+    assert proc.returncode == 2
+    assert ("] %s\n" % usage) in proc.stderr.replace("\n" + " " * 20, " ")
+    assert proc.stderr.splitlines()[-1].endswith("the following arguments are required: %s"
+                                                  % required)
+
+
+@pytest.mark.parametrize("name", ["send", "gen"])
+def test_no_server_on_the_ingest_socket_is_exit_3_with_one_line(name, tmp_path):
+    proc = run_kamflat(name, "--socket", str(tmp_path / "none.sock"),
+                       *(["--count", "3"] if name == "gen" else [str(tmp_path / "in.jsonl")]))
+    if name == "send":
+        (tmp_path / "in.jsonl").write_text('{"table": "acc", "values": [1]}\n')
+        proc = run_kamflat(name, "--socket", str(tmp_path / "none.sock"), str(tmp_path / "in.jsonl"))
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines() == [
+        "kamflat %s: cannot connect to the ingest socket %s: No such file or directory"
+        % (name, tmp_path / "none.sock")]

@@ -498,11 +498,11 @@ def test_kamflat_rpc_cli(server, tmp_path):
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout)["error"] == {"code": 500, "message": "Method Not Found"}
     missing = run_kamflat("rpc", "--fifo", str(tmp_path / "missing.fifo"), "core.version")
-    assert missing.returncode == 2 and "missing.fifo" in missing.stderr
+    assert missing.returncode == 3 and "missing.fifo" in missing.stderr
     unserved = tmp_path / "unserved.fifo"
     os.mkfifo(unserved)
     idle = run_kamflat("rpc", "--fifo", str(unserved), "core.version")
-    assert idle.returncode == 2 and "nothing is reading" in idle.stderr
+    assert idle.returncode == 3 and "nothing is reading" in idle.stderr
 
 
 @pytest.mark.parametrize("fifo_name", ["ABS", "rpc.fifo"])

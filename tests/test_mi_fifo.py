@@ -471,18 +471,21 @@ def test_kamflat_fifo_prints_like_kamctl_and_exits_by_status(srv):
     assert (done.returncode, done.stdout) == (1, "404 Not found\n")
 
 
-def test_kamflat_fifo_usage_errors_exit_1():
+def test_kamflat_fifo_usage_errors_exit_2():
     done = run_kamflat("fifo")
-    assert done.returncode == 1 and "CMD" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == ("kamflat fifo: error: the following arguments are "
+                                            "required: CMD")
+    assert "] CMD [ARG ...]" in done.stderr
     done = run_kamflat("fifo", "--fifo", "/nonexistent", "shv_set", "sv", "s", "two\nlines")
-    assert done.returncode == 1 and "argument 3 contains a newline" in done.stderr
+    assert done.returncode == 2 and "argument 3 contains a newline" in done.stderr
     assert "fifo" in run_kamflat("--help").stdout
 
 
 def test_kamflat_fifo_server_missing(tmp_path):
     missing = str(tmp_path / "kamailio_fifo")
     done = run_kamflat("fifo", "--fifo", missing, "which")
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 3 and done.stdout == ""
     assert done.stderr.splitlines() == [
         "** ERROR: Error opening Kamailio's FIFO %s" % missing,
         "** ERROR: Make sure you have the line 'modparam(\"mi_fifo\", \"fifo_name\", \"%s\")' "

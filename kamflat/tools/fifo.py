@@ -3,14 +3,14 @@
 It sends the bytes kamctl 3.x sends (`:CMD:openser_receiver_<pid>\\nARG\\n...\\n\\n`
 in one write, reply FIFO created beforehand) and prints the reply as kamctl
 does (a first line starting `200 OK` and every empty line left out). Unlike
-kamctl it exits 0 only on a 2xx reply, 1 on an error reply or a timeout, and 2
-when the server FIFO is not there.
+kamctl it says by its exit status how it went (the scheme of kamflat/tools/__init__.py:
+0 a 2xx reply, 1 an error reply or a timeout, 2 usage, 3 the server FIFO not served).
 """
-import argparse
 import os
 import sys
 
 from kamflat.proto import mi
+from kamflat.tools import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, argument_parser, require
 from kamflat.tools.fifoclient import NoReply, ServerUnreachable, exchange
 
 DEFAULT_FIFO = "/tmp/kamailio_fifo"     # kamctl's default FIFO_PATH
@@ -44,17 +44,10 @@ def unreachable_hint(fifo):
             "** ERROR: and also have loaded the mi_fifo module.\n" % (fifo, fifo))
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        """Usage errors exit 1 (as kamctl's), keeping 2 for "server unreachable"."""
-        self.print_usage(sys.stderr)
-        self.exit(1, "%s: error: %s\n" % (self.prog, message))
-
-
 def parse_args(argv):
-    parser = ArgumentParser(
-        prog="kamflat fifo",
-        description="Send one classic MI command over the MI FIFO (like `kamctl fifo`).")
+    parser = argument_parser(
+        "kamflat fifo", "Send one classic MI command over the MI FIFO (like `kamctl fifo`).",
+        usage="%(prog)s [-h] [-f FILE | --fifo PATH] [--timeout SECONDS] CMD [ARG ...]")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-f", dest="config", metavar="FILE",
                        help="config file: use its mi_fifo fifo_name and reply_dir")
@@ -62,9 +55,11 @@ def parse_args(argv):
                        help="server FIFO (default %s)" % DEFAULT_FIFO)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for the reply (default 10)")
-    parser.add_argument("command", metavar="CMD")
+    parser.add_argument("command", metavar="CMD", nargs="?")
     parser.add_argument("args", nargs="*", metavar="ARG")
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    require(parser, opts.command, "CMD")
+    return opts
 
 
 def main(argv):
@@ -75,29 +70,29 @@ def main(argv):
             fifo, reply_dir = fifo_from_config(opts.config)
         except Exception as e:      # ConfigError and OSError say file and line themselves
             print("kamflat fifo: %s" % e, file=sys.stderr)
-            return 1
+            return EXIT_USAGE
         if not fifo:
             print("kamflat fifo: %s sets no modparam(\"mi_fifo\", \"fifo_name\", ...)" % opts.config,
                   file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     for i, arg in enumerate([opts.command] + opts.args):
         if "\n" in arg:
             print("kamflat fifo: %s %d contains a newline, which the MI FIFO protocol cannot carry"
                   % ("argument" if i else "command", i), file=sys.stderr)
-            return 1
+            return EXIT_USAGE
     name = "openser_receiver_%d" % os.getpid()
     request = mi.encode_request(opts.command, name, opts.args)
     try:
         reply = exchange(fifo, request, reply_dir + name, opts.timeout)
     except ServerUnreachable:
         sys.stderr.write(unreachable_hint(fifo))
-        return 2
+        return EXIT_UNREACHABLE
     except NoReply as e:
         sys.stdout.buffer.write(kamctl_output(e.partial))
         print("kamflat fifo: %s from %s" % (e, fifo), file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     sys.stdout.buffer.write(kamctl_output(reply))
     sys.stdout.flush()
     if not reply:       # the server closes without a word only for `kill`
-        return 0 if opts.command == "kill" else 1
-    return 0 if reply_ok(reply) else 1
+        return EXIT_OK if opts.command == "kill" else EXIT_REFUSED
+    return EXIT_OK if reply_ok(reply) else EXIT_REFUSED

@@ -12,13 +12,14 @@ of their time column.
 CallGenerator and TokenBucket are pure (no clock, no IO: time is passed in), so a seed gives
 the same records every run; main() is the IO around them.
 """
-import argparse
 import heapq
 import itertools
 import json
 import random
 import sys
 import time
+
+from kamflat.tools import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, argument_parser
 
 EDGE_CASES = ("pipe", "utf8", "percent", "empty", "long")
 EXTRA_COLUMNS = ("src_user", "src_domain", "dst_ouser")   # acc db_extra "src_user=$fU;..."
@@ -226,7 +227,7 @@ class Run:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="kamflat gen", description=__doc__.split("\n")[0])
+    parser = argument_parser("kamflat gen", __doc__.split("\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("-f", dest="config", metavar="FILE",
                        help="send to the ingest socket of this server config")
@@ -268,7 +269,7 @@ def main(argv):
             **table_names(args.config))
     except Exception as exc:   # ValueError, ConfigError: one clear line
         print("kamflat gen: %s" % exc, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     run = Run(generator, args.count, args.seconds, args.rate, progress=sys.stderr.isatty())
     try:
         if args.output is not None:
@@ -276,7 +277,9 @@ def main(argv):
         else:
             status = send(run, args)
     except KeyboardInterrupt:
-        status = 1
+        status = EXIT_REFUSED
+    if status in (EXIT_USAGE, EXIT_UNREACHABLE):
+        return status       # nothing was sent: the error line says it all, no summary
     run.show_progress(final=True)
     print(run.summary(), file=sys.stderr)
     return status
@@ -298,28 +301,28 @@ def write_output(run, output):
         stream = stream or open(output, "wb")
     except OSError as exc:
         print("kamflat gen: cannot write %s: %s" % (output, exc.strerror), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         for block in run.blocks():
             stream.write(block)
             stream.flush()
     except BrokenPipeError:
-        return 1
+        return EXIT_REFUSED
     finally:
         if stream is not sys.stdout.buffer:
             stream.close()
-    return 0
+    return EXIT_OK
 
 
 def send(run, args):
     from kamflat.client import send_bytes
-    from kamflat.tools.send import socket_path
+    from kamflat.tools.send import exit_status_of, socket_path
     try:
         result = send_bytes(socket_path(args), run.blocks(), on_error=run.on_error)
     except Exception as exc:   # SendError, ConfigError: one clear line
         print("kamflat gen: %s" % exc, file=sys.stderr)
-        return 2
+        return exit_status_of(exc)
     run.errors = result.error_count
     if result.stopped:
         print("kamflat gen: the server stopped before taking everything", file=sys.stderr)
-    return 0 if result.ok else 1
+    return EXIT_OK if result.ok else EXIT_REFUSED

@@ -3,15 +3,16 @@
 Sends what `kamctl rpc` 5.6 sends (one line, reply FIFO /tmp/kamailio_receiver_<pid>,
 id = pid) and prints the reply document. Unlike kamctl it opens its reply FIFO before
 sending (so the server never has to wait for it), escapes string parameters properly,
-gives up after --timeout seconds, and says by its exit status how it went:
-0 result, 1 error reply or no reply, 2 server FIFO missing or not served.
+gives up after --timeout seconds, and says by its exit status how it went (the scheme
+of kamflat/tools/__init__.py): 0 result, 1 error reply or no reply, 2 usage, 3 server FIFO
+missing or not served.
 """
-import argparse
 import json
 import os
 import re
 import sys
 
+from kamflat.tools import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, argument_parser, require
 from kamflat.tools.fifoclient import NoReply, ServerUnreachable, exchange
 
 DEFAULT_FIFOS = ("/var/run/kamailio/kamailio_rpc.fifo", "/run/kamailio/kamailio_rpc.fifo")
@@ -75,9 +76,10 @@ def call(fifo, request_for, reply_dir="/tmp/", timeout=10.0):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(
-        prog="kamflat rpc", description="Send one JSON-RPC request over the jsonrpcs FIFO "
-        "(like `kamctl rpc`) and print the reply.")
+    parser = argument_parser("kamflat rpc", "Send one JSON-RPC request over the jsonrpcs "
+                             "FIFO (like `kamctl rpc`) and print the reply.",
+                             usage="%(prog)s [-h] [-f FILE | --fifo PATH] [--timeout TIMEOUT] "
+                                   "method [PARAM ...]")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-f", dest="config", metavar="FILE",
                        help="take jsonrpcs fifo_name and fifo_reply_dir from this config")
@@ -85,17 +87,18 @@ def main(argv):
                        % " or ".join(DEFAULT_FIFOS))
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the reply (default 10)")
-    parser.add_argument("method")
+    parser.add_argument("method", nargs="?")
     parser.add_argument("params", nargs="*", metavar="PARAM",
                         help="s:TEXT forces a string, i:N an integer")
     args = parser.parse_args(argv)
+    require(parser, args.method, "method")
     reply_dir = "/tmp/"
     if args.config:
         try:
             fifo, reply_dir = fifo_from_config(args.config)
         except Exception as exc:        # ConfigError, missing file, ...
             print("kamflat rpc: %s" % exc, file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     else:
         fifo = args.fifo or default_fifo()
     try:
@@ -104,17 +107,17 @@ def main(argv):
                      reply_dir, args.timeout)
     except ServerUnreachable as exc:
         print("kamflat rpc: %s" % exc, file=sys.stderr)
-        return 2
+        return EXIT_UNREACHABLE
     except ValueError as exc:           # i:abc
         print("kamflat rpc: bad parameter: %s" % exc, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not reply:
         print("kamflat rpc: no reply from %s within %gs" % (fifo, args.timeout),
               file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     sys.stdout.write(reply.decode("utf-8", "replace") + "\n")
     try:
         doc = json.loads(reply)
     except ValueError:
-        return 1
-    return 0 if isinstance(doc, dict) and "result" in doc else 1
+        return EXIT_REFUSED
+    return EXIT_OK if isinstance(doc, dict) and "result" in doc else EXIT_REFUSED
