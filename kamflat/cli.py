@@ -15,6 +15,7 @@ COMMANDS = {
     "rpc": ("kamflat.tools.rpc:main", "JSON-RPC client for the jsonrpcs FIFO (like kamctl rpc)"),
     "cat": ("kamflat.tools.cat:cat_main", "print a table's records merged across its per-process files"),
     "follow": ("kamflat.tools.cat:follow_main", "print a table's records as they are written, across rotations"),
+    "logrotate": ("kamflat.tools.logrotate:main", "print a logrotate policy for a config's acc files"),
     "gen": ("kamflat.tools.gen:main", "generate realistic acc records (to a server, a file or stdout)"),
 }
 

@@ -1,13 +1,13 @@
 """The shipped logrotate policy, run by the real logrotate against a loaded server."""
 import gzip
+import os
 import shutil
 import subprocess
-import sys
 import threading
 
 import pytest
 
-from conftest import REPO, kamflat_env, wait_until
+from conftest import REPO, run_kamflat, wait_until
 from serverutil import Server
 from test_serve import acc_line, check_exactly_once
 from kamflat.client import send_bytes
@@ -15,12 +15,31 @@ from kamflat.client import send_bytes
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 
 
+CRON_PATH = "/usr/bin:/bin"      # what cron gives a job: no virtualenv on it
+
+
 def policy_for(server):
-    """conf/logrotate.d/kamflat with the sample paths pointed at this server."""
-    text = (REPO / "conf" / "logrotate.d" / "kamflat").read_text()
-    text = text.replace("/tmp/kamflat/acc", str(server.acc))
-    text = text.replace("/tmp/kamflat/kamailio_fifo", str(server.fifo))
-    return text.replace("kamflat fifo", "%s -m kamflat fifo" % sys.executable)
+    """The policy `kamflat logrotate` prints for this server's config."""
+    made = run_kamflat("logrotate", "-f", str(server.config))
+    assert made.returncode == 0, made.stderr
+    return made.stdout
+
+
+def test_the_shipped_policy_is_the_one_kamflat_logrotate_prints():
+    made = run_kamflat("logrotate", "-f", "conf/kamflat.cfg", "--kamflat", "/usr/local/bin/kamflat",
+                       cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == (REPO / "conf" / "logrotate.d" / "kamflat").read_text()
+
+
+def test_the_policy_names_kamflat_by_an_absolute_path_that_runs(tmp_path):
+    with Server(tmp_path, children=1) as server:
+        rotate = [line.strip() for line in policy_for(server).splitlines()
+                  if " flat_rotate" in line]
+        assert len(rotate) == 1 and os.path.isabs(rotate[0].split()[0])
+        done = subprocess.run(rotate[0], shell=True, env={"PATH": CRON_PATH},
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.skipif(not shutil.which("logrotate") and not shutil.which(LOGROTATE),
@@ -48,7 +67,7 @@ def test_logrotate_twice_under_load_loses_nothing(tmp_path):
                 wait_until(lambda: any(p.stat().st_size for p in server.acc.glob("*.log")),
                            30, what="records in a live acc file")
                 proc = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "logrotate.state"),
-                                       str(conf)], env=kamflat_env(), capture_output=True,
+                                       str(conf)], env={"PATH": CRON_PATH}, capture_output=True,
                                       text=True, timeout=60)
                 assert proc.returncode == 0, proc.stderr
         finally:
