@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -280,20 +281,51 @@ def test_a_file_in_place_of_the_directory_is_an_error_until_it_is_a_directory(tm
     assert read(target / "acc_129.log") == line(1)
 
 
+NOBODY = 65534      # as root, permissions are not enforced: the test drops to this uid
+
+
 def test_unwritable_directory(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: directory permissions are not enforced, and a "
-                    "read-only mount needs privileges tests should not use; the "
-                    "file-in-place-of-the-directory test covers an unopenable path")
-    directory = tmp_path / "acc"
-    directory.mkdir(mode=0o500)
-    conn = open_acc(directory)
-    with pytest.raises(FlatstoreError, match="Permission denied"):
-        conn.insert(None, record(1))
-    directory.chmod(0o700)
-    conn.insert(None, record(1))
-    conn.close()
-    assert read(directory / "acc_129.log") == line(1)
+    """An unwritable directory is an error naming the reason, until it is writable again.
+    Root is exempt from permissions, so the writer runs in a child as an unprivileged uid."""
+    base = tempfile.mkdtemp(prefix="kamflat-perm-")      # reachable by that uid, unlike tmp_path
+    try:
+        os.chmod(base, 0o755)
+        directory = os.path.join(base, "acc")
+        os.mkdir(directory, 0o500)
+        unprivileged = os.geteuid() == 0
+        if unprivileged:
+            os.chown(directory, NOBODY, NOBODY)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            status = 1
+            try:
+                if unprivileged:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                conn = open_acc(directory)
+                try:
+                    conn.insert(None, record(1))
+                    refused = "written"
+                except FlatstoreError as exc:
+                    refused = str(exc)
+                os.chmod(directory, 0o700)
+                conn.insert(None, record(1))
+                conn.close()
+                os.write(write_end, refused.encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as report:
+            refused = report.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert "Permission denied" in refused and "acc_129.log" in refused
+        assert read(os.path.join(directory, "acc_129.log")) == line(1)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 FULL_DISK_CHILD_LIMIT = 3000
