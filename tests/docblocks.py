@@ -74,7 +74,7 @@ def commands(block):
         start, command = i, lines[i][2:]
         while command.endswith("\\") and i + 1 < len(lines):
             i += 1
-            command = command[:-1] + "\n" + lines[i]
+            command += "\n" + lines[i]        # the shell sees the `\` continuation
         i += 1
         expected = []
         while i < len(lines) and not lines[i].startswith("$ "):

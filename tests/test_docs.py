@@ -46,7 +46,7 @@ def test_the_conventions_read_console_sh_python_and_skip_markers():
         ("console", 3, False), ("sh", 12, True), ("python", 18, False)]
     assert found[2].text == "assert 1\n"
     assert docblocks.commands(found[0]) == [
-        docblocks.Command(4, "echo a \n  b", ["a b"]), docblocks.Command(7, "true", [])]
+        docblocks.Command(4, "echo a \\\n  b", ["a b"]), docblocks.Command(7, "true", [])]
     assert docblocks.output_matches(["x ... z", "...", "end"], ["x yy z", "1", "2", "end"])
     assert docblocks.output_matches(["...", "end"], ["end"])
     assert not docblocks.output_matches(["x ... z"], ["x y"])
