@@ -2,7 +2,7 @@
 
 This is the part of Kamailio's cfg.lex that decides *what text the parser sees*:
 `#!define` and friends, `#!ifdef` blocks, `#!subst`, `include_file`/`import_file`,
-comments, strings, numbers and token-level define expansion. config.py turns the
+comments, strings, numbers and token-level define expansion. cfg.py turns the
 tokens into a Config.
 
 It works like Kamailio's flex scanner, on the same rules:
@@ -19,9 +19,12 @@ Pure: the only IO is `read_file(path) -> str`, used for include_file/import_file
 passed in by the caller (load_config passes the default, `read_text_file`).
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kamflat.config.regex import parse_subst
+from kamflat.config.tokens import ConfigError, Preprocessed, Token, read_text_file
+
+__all__ = ["ConfigError", "Preprocessed", "Token", "preprocess", "read_text_file"]
 
 MAX_INCLUDE_DEPTH = 10      # Kamailio's MAX_INCLUDE_DEPTH
 MAX_NESTED_EXPANSIONS = 200  # a define that expands into itself would loop forever
@@ -65,59 +68,6 @@ SKIP_RE = re.compile(r"(?:#!|!!)(ifdef|ifndef|else|endif)(?![A-Za-z0-9_])")
 NAME_AFTER_RE = re.compile(r"[ \t\b\r]+([A-Za-z_][A-Za-z0-9_]*)(-?)")
 DEFINE_KINDS = {"define": "define", "def": "define", "trydefine": "trydef",
                 "trydef": "trydef", "redefine": "redef", "redef": "redef"}
-
-
-class ConfigError(Exception):
-    """A config that kamflat (or Kamailio) cannot use. str() is `FILE:LINE: message`."""
-
-    def __init__(self, message, file=None, line=None):
-        super().__init__(message)
-        self.message, self.file, self.line = message, file, line
-
-    def __str__(self):
-        if self.file is None:
-            return self.message
-        if self.line is None:
-            return "%s: %s" % (self.file, self.message)
-        return "%s:%d: %s" % (self.file, self.line, self.message)
-
-
-@dataclass(frozen=True)
-class Token:
-    """One token of the config after preprocessing.
-
-    kind: "id" (name), "num" (value is an int), "str" (value is the decoded text),
-    "pvar" ($var...), "word" (starts with a digit but is no number, e.g. 5060abc)
-    or "punct" (one character). `text` is the token as written.
-    """
-
-    kind: str
-    value: object
-    text: str
-    file: str
-    line: int
-    end_line: int
-    newline_before: bool   # a line ended between the previous token and this one
-    space_before: bool
-
-    @property
-    def where(self):
-        return "%s:%d" % (self.file, self.line)
-
-
-@dataclass
-class Preprocessed:
-    tokens: list
-    defines: dict            # name -> value as written ("" when defined without one)
-    warnings: list           # "FILE:LINE: message"
-    compat: str = None       # KAMAILIO, OPENSER, SER, MAXCOMPAT, ALL or None
-    files: list = field(default_factory=list)   # every file read, in order
-
-
-def read_text_file(path):
-    """The default `read_file`: a config file's text (bad UTF-8 bytes become U+FFFD)."""
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", errors="replace")
 
 
 def preprocess(text, path="<string>", defines=(), read_file=read_text_file):

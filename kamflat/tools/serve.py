@@ -14,33 +14,28 @@ log = logging.getLogger("kamflat")
 
 
 class Settings:
-    """What `kamflat serve` runs, read once from the config."""
+    """What `kamflat serve` runs: the config's resolved Model, in the names the processes use."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.db_dir = cfg.db_dir
-        if not self.db_dir:
-            raise ValueError("%s: no accounting directory: kamflat needs acc loaded with "
-                             "modparam(\"acc\", \"db_url\", \"flatstore:/DIR\")" % cfg.path)
-        self.db_url = "flatstore:" + self.db_dir
-        self.children = cfg.children
+    def __init__(self, model):
+        self.model = model
+        self.cfg = model.config
+        self.db_dir = model.db_dir
+        self.db_url = model.db_url
+        self.children = model.children
         self.ranks = list(range(1, self.children + 1))
-        self.flush = bool(cfg.param("db_flatstore", "flush"))
-        self.encode_delimiter = bool(cfg.param("db_flatstore", "encode_delimiter"))
-        self.encode_newlines = bool(cfg.param("kamflat", "encode_newlines"))
-        self.rotate_timeout = cfg.param("kamflat", "rotate_timeout") / 1000.0
-        self.ingest_socket = cfg.param("kamflat", "ingest_socket") or None
-        self.listen = list(cfg.listen)
-        self.sip = None
-        if self.listen:
-            # Built (and so checked) here once; every writer gets a copy at fork.
-            from kamflat.acc import logic as acc
-            self.sip = acc.handler_from_config(cfg)
-        if cfg.has_module("mi_fifo"):
+        self.flush = model.flush
+        self.encode_delimiter = model.encode_delimiter
+        self.encode_newlines = model.encode_newlines
+        self.rotate_timeout = model.rotate_timeout
+        self.ingest_socket = model.ingest_socket.path if model.ingest_socket else None
+        self.listen = [entry.spec for entry in model.listen]
+        # Built once here; every writer gets a copy at fork.
+        self.sip = model.sip_handler()
+        if model.mi_fifo:
             self.management_desc = "MI FIFO"
-        elif cfg.has_module("jsonrpcs"):
+        elif model.jsonrpc_fifo:
             self.management_desc = "JSONRPCS FIFO"
-        elif cfg.has_module("ctl"):
+        elif model.ctl:
             self.management_desc = "ctl handler"
         else:
             self.management_desc = "management"
@@ -51,8 +46,7 @@ class Settings:
         return "writer child=%d" % child
 
     def sip_socket_names(self):
-        return " ".join(entry.split(":", 1)[1] if entry.startswith("udp:") else entry
-                        for entry in self.listen)
+        return " ".join(entry.name for entry in self.model.listen)
 
     def open_sip_sockets(self):
         if not self.listen:
@@ -73,6 +67,14 @@ class Settings:
             ",".join(self.listen) or "-")
 
 
+def load(path, defines=()):
+    """Settings of the config at `path`; raises ConfigError (FILE:LINE: message).
+
+    The one way serve and check read a config, so check refuses what serve refuses."""
+    from kamflat.config.model import load_model
+    return Settings(load_model(path, defines))
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="kamflat serve",
                                      description="Run kamflat in the foreground.")
@@ -89,14 +91,13 @@ def main(argv):
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s kamflat[%(process)d] %(levelname)s: %(message)s")
-    from kamflat.config.cfg import ConfigError, load_config
+    from kamflat.config.cfg import ConfigError
     try:
-        cfg = load_config(args.config, defines=args.defines)
-        settings = Settings(cfg)
-    except (ConfigError, ValueError) as exc:
+        settings = load(args.config, defines=args.defines)
+    except ConfigError as exc:
         print("kamflat: %s" % exc, file=sys.stderr)
         return 1
-    for notice in getattr(cfg, "warnings", []):
+    for notice in settings.cfg.warnings:
         log.warning("%s", notice)
     for path in settings.dirs_to_create():
         if not os.path.isdir(path):
