@@ -149,6 +149,21 @@ GOOD_CASES = [
     ("statements may share a line with ;", "children=2; debug=3;", {"children": 2,
                                                                      "globals": {"debug": 3}}),
     ("includes", "#!define X\n#!ifdef X\nchildren=6\n#!endif\n", {"children": 6}),
+    ("6.0 socket block", "socket = {\n  bind = udp:127.0.0.1:5060;\n  name = \"s1\";\n}\n"
+     "children=2", {
+         "children": 2, "listen": [], "ignored": [("block", "socket")],
+         "warnings": ["<string>:1: socket = { ... } is parsed past: kamflat's SIP front end "
+                      "listens only on listen= sockets"]}),
+    ("real core keywords of 3.3 to 6.0: parsed past, no warning",
+     "#!SER\ndisable_tcp=yes\nasync_workers_group=\"name=reg;workers=4\"\n"
+     "kemi.onsend_route_callback=\"ksr_onsend_route\"\ntos=IPTOS_LOWDELAY\n"
+     'alias="a.example.com":5060\nlocal_route {\n}\n', {
+         "compat": "SER", "warnings": [],
+         "ignored": [("statement", "disable_tcp"), ("statement", "async_workers_group"),
+                     ("statement", "kemi.onsend_route_callback"), ("statement", "tos"),
+                     ("statement", "alias"), ("block", "local_route")]}),
+    ("debug and run_dir are read", 'debug=3\nrun_dir="/tmp/r"\nrundir="/tmp/s"', {
+        "ignored": [], "run_dir": "/tmp/s"}),
 ]
 
 
@@ -376,10 +391,15 @@ BROKEN_CASES = [
      "{dir}/sub.cfg:3: children needs a number of worker processes, got none"),
     ("unclosed string", 'children=1\nlog_prefix="abc\n', {}, 2,
      'unclosed "string": no closing " before the end of the file'),
-    ("unsupported directive", "#!defenv HOME\n", {}, 1,
-     "#!defenv is not supported by kamflat (it reads the directives of Kamailio 3.3-5.6: "
-     "define, trydef, redef, ifdef, ifndef, else, endif, subst, substdef, substdefs, "
-     "include_file, import_file)"),
+    ("unsupported directive", "#!defexp X 1+1\n", {}, 1,
+     "#!%s is not supported by kamflat (it reads every directive of Kamailio 3.3-6.0 but the "
+     "expression ones: define, trydef, redef, ifdef, ifndef, else, endif, subst, substdef, "
+     "substdefs, undef, tryundef, defenv, defenvs, trydefenv, trydefenvs, include_file, "
+     "import_file)" % "defexp"),
+    ("defenv of a variable that is not set", "#!defenv X=KAMFLAT_TEST_UNSET\n", {}, 1,
+     "#!defenv X=KAMFLAT_TEST_UNSET: the environment variable KAMFLAT_TEST_UNSET is not set"),
+    ("undef of a name never defined", "#!undef X\n", {}, 1,
+     "#!undef X: X is not defined (#!tryundef does not mind)"),
 ]
 
 

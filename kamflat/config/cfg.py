@@ -14,6 +14,7 @@ modules loaded so far, and the value's type comes from its syntax, so
 Pure: no IO except reading files through preproc's `read_file`.
 """
 import difflib
+import os
 from dataclasses import dataclass
 
 from kamflat.config import values as typed
@@ -165,17 +166,18 @@ class Config:
 
 
 def load_config(path, defines=(), read_file=read_text_file):
-    """Read the config file at `path` (with `-A` style `defines`). Raises ConfigError."""
+    """Read the config file at `path` (with `-A` style `defines`, and #!defenv reading this
+    process's environment). Raises ConfigError."""
     try:
         text = read_file(path)
     except OSError as e:
         raise ConfigError("cannot read the config file: %s" % (e.strerror or e), path)
-    return parse_config(text, path, defines, read_file)
+    return parse_config(text, path, defines, read_file, os.environ)
 
 
-def parse_config(text, path="<string>", defines=(), read_file=read_text_file):
+def parse_config(text, path="<string>", defines=(), read_file=read_text_file, environ=None):
     """Parse config `text` as if read from `path`. Raises ConfigError."""
-    source = preprocess(text, path, defines, read_file)
+    source = preprocess(text, path, defines, read_file, environ)
     config = Config(path)
     config.defines = source.defines
     config.compat = source.compat
@@ -255,6 +257,8 @@ class _Parser:
                 self.mpath()
             elif token.value in ROUTE_BLOCKS or self.is_punct(self.peek(1), "{"):
                 self.block()
+            elif self.is_punct(self.peek(1), "=") and self.is_punct(self.peek(2), "{"):
+                self.block(assigned=True)      # 6.0: socket = { bind = ...; }
             elif self.is_punct(self.peek(1), "=."):
                 self.assignment()
             elif token.value in SKIPPED_DECLARATIONS:
@@ -329,11 +333,16 @@ class _Parser:
         self.config.mpath = self.string_value(value, at.value, at)
         self.i = end
 
-    def block(self):
-        """A route block: NAME [ '[' label ']' ] '{' ... '}', skipped with balanced braces."""
+    def block(self, assigned=False):
+        """A route block: NAME [ '[' label ']' ] '{' ... '}', or NAME = { ... } (Kamailio
+        6.0's socket blocks), skipped with balanced braces."""
         start = self.peek()
         name = start.value
-        self.i += 1
+        self.i += 2 if assigned else 1
+        if assigned and name == "socket":
+            self.config.warnings.append("%s: socket = { ... } is parsed past: kamflat's SIP "
+                                        "front end listens only on listen= sockets"
+                                        % start.where)
         if self.is_punct(self.peek(), "["):
             close = self.i
             while close < len(self.tokens) and not self.is_punct(self.tokens[close], "]{}"):
@@ -364,7 +373,8 @@ class _Parser:
             raise self.error('loadmodule needs a quoted module file name, e.g. loadmodule '
                              '"acc.so", got %s' % typed.describe(token), token or at)
         self.i += 1
-        if self.peek() is not None and self.peek().kind == "str" and not self.peek().newline_before:
+        following = self.peek()
+        if following is not None and following.kind == "str" and not following.newline_before:
             self.i += 1                      # loadmodulex / module options: not used
         name = token.value.rsplit("/", 1)[-1]
         if name.endswith(".so"):

@@ -1,10 +1,22 @@
-"""What the preprocessor hands on: tokens, the error type, and the default file reader.
+"""What the preprocessor hands on: tokens (and how a word becomes one), the error
+type, and the default file reader.
 
 `ConfigError` is the one error of every config layer (preprocessor, cfg reader, the
 resolved model); `Token` and `Preprocessed` are preproc.py's output; `read_text_file` is
 the only IO of the config layer, passed in by the caller.
 """
+import re
 from dataclasses import dataclass, field
+
+YES_WORDS = {"yes": 1, "true": 1, "on": 1, "enable": 1,
+             "no": 0, "false": 0, "off": 0, "disable": 0}
+
+NUMBER_FORMS = (  # (pattern, base) in cfg.lex order: the first full match wins
+    (re.compile(r"0x[0-9a-fA-F]+\Z"), 16),
+    (re.compile(r"0[0-7]+\Z"), 8),
+    (re.compile(r"[01]+b\Z"), 2),
+    (re.compile(r"(0|[1-9][0-9]*)\Z"), 10),
+)
 
 
 class ConfigError(Exception):
@@ -58,3 +70,15 @@ def read_text_file(path):
     """The default `read_file`: a config file's text (bad UTF-8 bytes become U+FFFD)."""
     with open(path, "rb") as f:
         return f.read().decode("utf-8", errors="replace")
+
+
+def word_token(word):
+    """(kind, value, text) of a word: a number in one of cfg.lex's forms, yes/no, or a name."""
+    for pattern, base in NUMBER_FORMS:
+        if pattern.match(word):
+            return ("num", int(word.rstrip("b") if base == 2 else word, base), word)
+    if word in YES_WORDS:
+        return ("num", YES_WORDS[word], word)
+    if word[0].isdigit():
+        return ("word", word, word)
+    return ("id", word, word)
