@@ -97,6 +97,12 @@ def main(argv):
     except ConfigError as exc:
         print("kamflat: %s" % exc, file=sys.stderr)
         return 1
+    from kamflat.server.paths import PathInUse, check_free
+    try:
+        check_free(settings.model.places())     # another server's FIFO or socket: stop
+    except PathInUse as exc:
+        print("kamflat: cannot start: %s" % exc, file=sys.stderr)
+        return 1
     for notice in settings.cfg.warnings:
         log.warning("%s", notice)
     for path in settings.dirs_to_create():
