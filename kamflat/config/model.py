@@ -32,6 +32,7 @@ LISTEN_PROTOS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
 # between WARNING and INFO as a level of its own.
 LOG_LEVELS = {-5: 50, -4: 50, -3: 50, -2: 50, -1: 40, 0: 30, 1: 25, 2: 20, 3: 10}
 DEFAULT_DEBUG = 0                    # Kamailio's default: L_WARN
+DEBUG_OF_LEVEL = {"DEBUG": 3, "INFO": 2, "WARNING": 0, "ERROR": -1}   # --log-level names
 
 
 def log_level(debug):

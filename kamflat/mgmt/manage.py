@@ -85,18 +85,41 @@ class Statistics:
         return True
 
 
+class Value:
+    """A core value this process alone sees (standalone); `kamflat serve` passes the
+    shared one of server/shm.py instead, so every process sees a change."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        self.value = value
+
+
 class Management:
     """The server as the management commands see it."""
 
     def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0):
         self.argv = list(argv)
         self.started = time.time() if started is None else started
-        self.debug = debug          # core.debug / MI `debug`: the log level
+        # core.debug / MI `debug`: Kamailio's log level, an int or a Value-like get()/set()
+        self._debug = debug if hasattr(debug, "get") else Value(debug)
         self.shv = {}               # pv shared variables: name -> int or str
         self.statistics = statistics
         self._processes = processes
         self._rotate = rotate
         self._stop = stop
+
+    @property
+    def debug(self):
+        return self._debug.get()
+
+    @debug.setter
+    def debug(self, level):
+        self._debug.set(level)
 
     @classmethod
     def standalone(cls, argv=None):

@@ -57,6 +57,7 @@ class Arbiter:
         s = self.settings
         self.started = time.time()
         self.state = SharedState()
+        self.debug = s.share_core_values(self.state, *s.log_options)   # core debug, shared
         self.state.set_process(0, os.getpid(), 0, "attendant")
         self.rotation = flatstore.RotationCounter()
         self.udp_socks = s.open_sip_sockets()
@@ -107,7 +108,7 @@ class Arbiter:
             management = Management(
                 argv=self.argv, processes=self.state.processes, rotate=rotator.rotate,
                 statistics=self.state, stop=lambda: os.kill(master, signal.SIGTERM),
-                started=self.started)
+                started=self.started, debug=self.debug)
             management.shv.update(self.settings.cfg.shv)   # pv's shvset initial values
             return mgmtproc.run(self.settings, management, self.ready_w)
         return run

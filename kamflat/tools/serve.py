@@ -19,6 +19,7 @@ class Settings:
     def __init__(self, model):
         self.model = model
         self.cfg = model.config
+        self.log_options = (None, 0)     # serve's --log-level and -d count
         self.db_dir = model.db_dir
         self.db_url = model.db_url
         self.children = model.children
@@ -39,6 +40,28 @@ class Settings:
             self.management_desc = "ctl handler"
         else:
             self.management_desc = "management"
+
+    def share_core_values(self, state, log_level_name=None, more_debug=0):
+        """Put Kamailio's core debug value in the shared pages (state: server/shm.py) and
+        make every process's logging follow it, so MI `debug N` and RPC
+        `cfg.set_now_int core debug N` change the log level of all, as in Kamailio.
+
+        debug= (plus one per -d) is the start value; --log-level, when given, wins and
+        gives the debug value of its level. With neither, kamflat logs at INFO and the
+        debug value is Kamailio's default 0 until a command sets one."""
+        from kamflat.config.model import DEBUG_OF_LEVEL
+        if log_level_name:
+            state.debug.set(DEBUG_OF_LEVEL[log_level_name])
+            state.debug_given.set(1)
+        else:
+            state.debug.set(self.model.debug + more_debug)
+            state.debug_given.set(int(self.model.debug_set or more_debug > 0))
+        root = logging.getLogger()
+        fallback = root.level
+        root.setLevel(logging.DEBUG)
+        for handler in root.handlers:
+            handler.addFilter(_DebugFilter(state, fallback))
+        return SharedDebug(state)
 
     def writer_desc(self, child):
         if self.listen:
@@ -67,6 +90,34 @@ class Settings:
             ",".join(self.listen) or "-")
 
 
+class _DebugFilter(logging.Filter):
+    """Lets a record through by the shared debug value (Kamailio's level mapping)."""
+
+    def __init__(self, state, fallback):
+        super().__init__()
+        self.state, self.fallback = state, fallback
+
+    def filter(self, record):
+        from kamflat.config.model import log_level
+        if self.state.debug_given.get():
+            return record.levelno >= log_level(self.state.debug.get())
+        return record.levelno >= self.fallback
+
+
+class SharedDebug:
+    """Management's debug value in serve: the shared one; setting it makes it count."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get(self):
+        return self.state.debug.get()
+
+    def set(self, level):
+        self.state.debug.set(level)
+        self.state.debug_given.set(1)
+
+
 def load(path, defines=()):
     """Settings of the config at `path`; raises ConfigError (FILE:LINE: message).
 
@@ -82,14 +133,18 @@ def parse_args(argv):
                         help="Kamailio-style config file")
     parser.add_argument("-A", dest="defines", action="append", default=[],
                         metavar="NAME[=VALUE]", help="preprocessor define, as kamailio -A")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="wins over the config's debug= (default: by debug=, else INFO)")
+    parser.add_argument("-d", dest="more_debug", action="count", default=0,
+                        help="one more debug level per -d, as kamailio -d")
     return parser.parse_args(argv)
 
 
 def main(argv):
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+    logging.addLevelName(25, "NOTICE")          # Kamailio's L_NOTICE (debug=1)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level or "INFO",
                         format="%(asctime)s kamflat[%(process)d] %(levelname)s: %(message)s")
     from kamflat.config.cfg import ConfigError
     try:
@@ -117,6 +172,7 @@ def main(argv):
     log.info("kamflat %s starting with %s", __version__, args.config)
     from kamflat.server.arbiter import Arbiter
     try:
+        settings.log_options = (args.log_level, args.more_debug)
         return Arbiter(settings, [sys.argv[0], "serve", *argv]).run()
     except ValueError as exc:     # a socket that cannot be made: nothing was started
         print("kamflat: cannot start: %s" % exc, file=sys.stderr)
