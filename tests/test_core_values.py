@@ -3,16 +3,8 @@ every statistic there from the start. Real servers, real MI FIFO and JSON-RPC FI
 import json
 import socket
 
-from conftest import run_kamflat, wait_until
+from conftest import free_udp_port, run_kamflat, wait_until
 from serverutil import Server, statistic
-
-
-def free_udp_port():
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def rpc(server, *args):
