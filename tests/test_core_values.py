@@ -3,8 +3,10 @@ every statistic there from the start. Real servers, real MI FIFO and JSON-RPC FI
 import json
 import socket
 
-from conftest import free_udp_port, run_kamflat, wait_until
+from conftest import DATA, free_udp_port, run_kamflat, wait_until
 from serverutil import Server, statistic
+
+CONFORMANCE = DATA / "mi_classic_cases.json"     # Kamailio 3.3, recorded
 
 
 def rpc(server, *args):
@@ -49,4 +51,40 @@ def test_debug_from_the_config_read_and_changed_in_every_process(tmp_path):
 def test_without_debug_kamflat_logs_at_info_and_answers_kamailios_default(tmp_path):
     with Server(tmp_path) as server:
         assert server.mi("debug") == b"200 OK\nDEBUG:: 0\n\n"
-        assert "kamflat ready" in server.log()
+        wait_until(lambda: "INFO: kamflat ready" in server.log(), 10, what="the INFO line")
+
+
+def recorded_reply(request_text):
+    """Kamailio 3.3's recorded MI reply to `request_text` (shared/conformance)."""
+    cases = json.loads(CONFORMANCE.read_text())["exchanges"]
+    return next(c["reply_text"] for c in cases if c["request_text"] == request_text)
+
+
+def names(reply):
+    return [line.split(" = ")[0] for line in reply.splitlines()[1:] if " = " in line]
+
+
+def test_every_statistic_is_there_from_the_start_at_0(tmp_path):
+    extra = 'loadmodule "sl.so"\nrundir="%s"\nloadmodule "jsonrpcs.so"\n' % tmp_path
+    with Server(tmp_path, extra=extra) as server:
+        wait_until((tmp_path / "kamailio_rpc.fifo").exists, 10, what="the JSON-RPC FIFO")
+        # 3.3's core: group, recorded, is what kamflat lists (plus its two restart counters)
+        core = server.mi("get_statistics", "core:").decode()
+        recorded = recorded_reply(":get_statistics:k33_r\ncore:\n\n")
+        assert [n for n in names(core) if n not in ("core:process_restarts",
+                                                    "core:writer_restarts")] == names(recorded)
+        assert core == "200 OK\n%s\n\n" % "\n".join("%s = 0" % n for n in names(core))
+        assert server.mi("get_statistics", "drop_requests") == \
+            b"200 OK\ncore:drop_requests = 0\n\n"
+        shmem = names(server.mi("get_statistics", "shmem:").decode())
+        assert shmem == names(recorded_reply(":get_statistics:k33_r\nshmem:\n\n"))
+        every = names(server.mi("get_statistics", "all").decode())
+        groups = list(dict.fromkeys(n.split(":")[0] for n in every))
+        assert groups == ["core", "dns", "flatstore", "ingest", "mi_fifo", "shmem", "sl"]
+        assert {"sl:200_replies", "sl:received_ACKs", "flatstore:acc_written",
+                "flatstore:missed_calls_failed", "ingest:lines"} <= set(every)
+        assert rpc(server, "stats.get_statistics", "drop_requests")["result"] == [
+            "core:drop_requests = 0"]
+        assert server.mi("reset_statistics", "drop_requests") == b"200 OK\n\n"
+        assert server.mi("clear_statistics", "bad_URIs_rcvd") == \
+            b"200 OK\ncore:bad_URIs_rcvd = 0\n\n"

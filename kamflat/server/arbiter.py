@@ -22,6 +22,7 @@ import stat
 import time
 
 from kamflat.flatstore import connection as flatstore
+from kamflat.mgmt.statistics import startup_statistics
 from kamflat.server.shm import SharedState
 from kamflat.server.writer import Writer, seqpacket_pair
 
@@ -58,6 +59,8 @@ class Arbiter:
         self.started = time.time()
         self.state = SharedState()
         self.debug = s.share_core_values(self.state, *s.log_options)   # core debug, shared
+        for group, name in startup_statistics(s.model):   # listed at 0 from the start
+            self.state.register(group, name)
         self.state.set_process(0, os.getpid(), 0, "attendant")
         self.rotation = flatstore.RotationCounter()
         self.udp_socks = s.open_sip_sockets()
