@@ -39,7 +39,11 @@ def select_statistics(stats, spec):
 
     "all" -> every counter, "group:" -> that group's, anything else -> the first
     counter with that name. Kamailio walks its counters sorted by group, then name;
-    so does this, and both MI and RPC print them in that order.
+    so does this, and both MI and RPC print them in that order: core/counters.c keeps
+    the groups in grp_sorted (grp_hash_add inserts by strcmp) and each group's counters
+    in a list cnt_hash_add inserts by strcmp, which counter_iterate_grp_names and
+    counter_iterate_grp_vars walk (3.3 lib/kcore and 5.6 kex stats alike). Python's
+    str order is strcmp's for these ASCII names ("bad_URIs_rcvd" < "bad_msg_hdr").
     """
     if spec == "all":
         chosen = stats
@@ -134,8 +138,16 @@ class Management:
         )
 
     def processes(self):
-        """The process table, as a list of Process."""
-        return list(self._processes())
+        """The process table, as a list of Process, in table order: Kamailio's MI `ps`
+        (3.3 kex mi_core.c mi_ps) and core.psx/core.psa (core/core_cmd.c) walk pt[]
+        from index 0 up to process_count."""
+        return sorted(self._processes(), key=lambda p: p.idx)
+
+    def shv_listing(self):
+        """[(name, value)] of every shared variable, newest first: pv's add_shvar
+        (pv_shv.c) prepends to sh_vars, and MI shv_get (mi_shvar_get) and RPC
+        pv.shvGet without a name walk that list from its head."""
+        return list(reversed(list(self.shv.items())))
 
     def rotate(self):
         """Make every writer close its files; the next record of each opens new ones.

@@ -152,7 +152,7 @@ def shv_node(name, value):
 
 def cmd_shv_get(m, args):
     if not args:
-        return Reply(200, "OK", tuple(shv_node(n, v) for n, v in m.shv.items()))
+        return Reply(200, "OK", tuple(shv_node(n, v) for n, v in m.shv_listing()))
     name = args[0].value
     if not name:
         return Reply(500, "bad shv name")
