@@ -32,6 +32,13 @@ def test_debug_from_the_config_read_and_changed_in_every_process(tmp_path):
         def malformed():
             return statistic(server.mi("get_statistics", "kamflat:"), "kamflat:sip_malformed", 0)
 
+        invite = (b"INVITE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1"
+                  b"\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c1\r\n"
+                  b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+        udp.sendto(invite, ("127.0.0.1", port))
+        wait_until(lambda: "core:rcv_requests_invite = 1" in rpc(
+            server, "stats.get_statistics", "rcv_requests_invite")["result"], 10,
+            what="the INVITE counted per method")
         garbage(b"one")
         wait_until(lambda: "SIP from" in server.log(), 10, what="the writer's INFO line")
         seen = server.log().count("SIP from")
@@ -85,6 +92,14 @@ def test_every_statistic_is_there_from_the_start_at_0(tmp_path):
                 "flatstore:missed_calls_failed", "ingest:lines"} <= set(every)
         assert rpc(server, "stats.get_statistics", "drop_requests")["result"] == [
             "core:drop_requests = 0"]
+        # over RPC, as 5.6: the per-method request counters and dns:slow_dns_request too
+        rpc_names = [line.split(" = ")[0]
+                     for line in rpc(server, "stats.get_statistics", "all")["result"]]
+        assert set(rpc_names) - set(every) == {"dns:slow_dns_request"} | {
+            "core:rcv_requests_" + m for m in ("ack", "bye", "cancel", "info", "invite",
+                                               "message", "notify", "options", "prack",
+                                               "publish", "refer", "register", "subscribe",
+                                               "update")}
         assert server.mi("reset_statistics", "drop_requests") == b"200 OK\n\n"
         assert server.mi("clear_statistics", "bad_URIs_rcvd") == \
             b"200 OK\ncore:bad_URIs_rcvd = 0\n\n"

@@ -38,6 +38,9 @@ SERVER_HEADER = "kamflat (%s)" % __version__
 
 # sl module statistics that have a counter of their own; other codes count per class.
 _SL_CODES = {200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
+# Methods 5.x kex counts in core:rcv_requests_<method> (core_stats.c)
+PER_METHOD = {"ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS",
+               "PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"}
 
 
 class Outcome(tuple):
@@ -141,6 +144,8 @@ class AccHandler:
             return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
         self._count("core:rcv_requests")
         method = request.method.upper()
+        if method in PER_METHOD:                # 5.x kex: rcv_requests_<method>
+            self._count("core:rcv_requests_" + method.lower())
         code, reason = self.reply_for(method)
         reply = reply_to = None
         if method == "ACK":
