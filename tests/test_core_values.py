@@ -2,9 +2,13 @@
 every statistic there from the start. Real servers, real MI FIFO and JSON-RPC FIFO."""
 import json
 import socket
+import subprocess
 
-from conftest import DATA, free_udp_port, run_kamflat, wait_until
+import pytest
+
+from conftest import DATA, free_udp_port, kamflat_argv, kamflat_env, run_kamflat, wait_until
 from serverutil import Server, statistic
+from kamflat.server.paths import live_holder
 
 CONFORMANCE = DATA / "mi_classic_cases.json"     # Kamailio 3.3, recorded
 
@@ -103,3 +107,17 @@ def test_every_statistic_is_there_from_the_start_at_0(tmp_path):
         assert server.mi("reset_statistics", "drop_requests") == b"200 OK\n\n"
         assert server.mi("clear_statistics", "bad_URIs_rcvd") == \
             b"200 OK\ncore:bad_URIs_rcvd = 0\n\n"
+
+
+@pytest.mark.parametrize("args, answer", [(["-d", "-d"], b"DEBUG:: 3"),
+                                          (["--log-level", "ERROR"], b"DEBUG:: -1")])
+def test_serve_d_adds_a_level_and_log_level_wins(tmp_path, args, answer):
+    server = Server(tmp_path, extra="debug=1")
+    proc = subprocess.Popen(kamflat_argv("serve", "-f", server.config, *args), env=kamflat_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: live_holder(str(server.fifo)), 15, what="the MI FIFO")
+        assert server.mi("debug") == b"200 OK\n" + answer + b"\n\n"
+    finally:
+        proc.terminate()
+        proc.wait(30)
