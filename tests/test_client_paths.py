@@ -5,8 +5,10 @@ RUNDIR/kamailio_rpc.fifo while `kamflat rpc -f` looked in /run/kamailio).
 """
 import json
 
-from conftest import run_kamflat, wait_until
+from conftest import DATA, run_kamflat, wait_until
 from serverutil import Server
+
+DEBIAN = DATA / "cfg" / "debian-kamailio.cfg"
 
 
 def test_every_client_finds_the_servers_paths_under_rundir(tmp_path):
@@ -38,3 +40,15 @@ def test_rpc_f_of_a_config_without_a_jsonrpcs_fifo_says_so(tmp_path):
     rpc = run_kamflat("rpc", "-f", cfg, "core.version")
     assert (rpc.returncode, rpc.stderr) == (
         2, "kamflat rpc: %s: loads no jsonrpcs with its FIFO transport\n" % cfg)
+
+
+def test_clients_read_paths_of_a_config_written_for_a_real_kamailio(tmp_path):
+    # no acc directory and a TCP listen: serve refuses it, the clients still find the paths
+    from kamflat.tools import fifo, rpc, send
+    cfg = tmp_path / "k.cfg"
+    cfg.write_text('listen=tcp:127.0.0.1:5060\nrundir="/tmp/kr"\nloadmodule "mi_fifo.so"\n'
+                   'loadmodule "jsonrpcs.so"\nmodparam("kamflat", "ingest_socket", "/tmp/i.s")\n')
+    assert fifo.fifo_from_config(str(cfg)) == ("/tmp/kr/kamailio_fifo", "/tmp/")
+    assert rpc.fifo_from_config(str(cfg)) == ("/tmp/kr/kamailio_rpc.fifo", "/tmp/")
+    assert send.socket_path(type("Args", (), {"socket": None, "config": str(cfg)})) == "/tmp/i.s"
+    assert rpc.fifo_from_config(str(DEBIAN)) == ("/var/run/kamailio/kamailio_rpc.fifo", "/tmp/")

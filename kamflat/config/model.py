@@ -216,25 +216,27 @@ def parse_ctl_address(address):
     return proto, (host, int(port))
 
 
-def load_model(path, defines=(), need_db=True):
+def load_model(path, defines=(), serving=True):
     """resolve(load_config(path, defines)): what serve, check and the clients' -f read."""
-    return resolve(load_config(path, defines), need_db)
+    return resolve(load_config(path, defines), serving)
 
 
-def resolve(config, need_db=True):
+def resolve(config, serving=True):
     """The Model of a parsed Config. Raises ConfigError with FILE:LINE.
 
-    need_db=False is for clients that only look up paths: a config without an acc
-    directory (one written for a real Kamailio) then still gives its FIFOs and sockets.
+    serving=False is for clients that only look up paths and tables (fifo, rpc, send,
+    gen -f): a config written for a real Kamailio, with no acc directory or with TCP
+    listens, still gives its FIFOs and sockets; listen= and the SIP params are then
+    neither read nor checked (the model has listen [] and sip None).
     """
     run_dir = config.run_dir
     loaded = config.has_module
     db_dir = config.db_dir
-    if need_db and not db_dir:
+    if serving and not db_dir:
         raise ConfigError('no accounting directory: kamflat needs acc loaded with '
                           'modparam("acc", "db_url", "flatstore:/DIR")', config.path)
     debug = config.core("debug")
-    listen = _listen(config)
+    listen = _listen(config) if serving else []
     db_extra = _db_extra(config, strict=bool(listen))
     return Model(
         config=config, path=config.path, children=config.children, run_dir=run_dir,

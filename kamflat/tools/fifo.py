@@ -32,7 +32,7 @@ def reply_ok(reply):
 def fifo_from_config(path):
     """(fifo_name, reply_dir) of the mi_fifo module in a kamflat/Kamailio config."""
     from kamflat.config.model import load_model       # only needed with -f
-    fifo = load_model(path, need_db=False).mi_fifo
+    fifo = load_model(path, serving=False).mi_fifo
     return (fifo.path, fifo.reply_dir or DEFAULT_REPLY_DIR) if fifo else (None, None)
 
 

@@ -287,7 +287,7 @@ def table_names(config):
     if not config:
         return {}
     from kamflat.config.model import load_model
-    model = load_model(config, need_db=False)
+    model = load_model(config, serving=False)
     return {"acc_table": model.acc_table, "missed_table": model.missed_table}
 
 

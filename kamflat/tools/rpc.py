@@ -42,7 +42,7 @@ def build_request(method, params, reply_name, ident):
 def fifo_from_config(path):
     """(server FIFO, reply dir) that a kamflat/Kamailio config sets for jsonrpcs."""
     from kamflat.config.model import ConfigError, load_model   # late: only -f needs it
-    fifo = load_model(path, need_db=False).jsonrpc_fifo
+    fifo = load_model(path, serving=False).jsonrpc_fifo
     if fifo is None:
         raise ConfigError("loads no jsonrpcs with its FIFO transport", path)
     return fifo.path, fifo.reply_dir

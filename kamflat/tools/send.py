@@ -25,7 +25,7 @@ def socket_path(args):
     if args.socket:
         return args.socket
     from kamflat.config.model import load_model
-    place = load_model(args.config, need_db=False).ingest_socket
+    place = load_model(args.config, serving=False).ingest_socket
     if not place:
         raise SendError('%s sets no modparam("kamflat", "ingest_socket", ...)' % args.config)
     return place.path
