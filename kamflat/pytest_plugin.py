@@ -88,7 +88,8 @@ class KamflatServer:
         # serve's own error line.
         self.extra_columns = []
         try:
-            model = resolve(parse_config(self.config_text(), self.cfg_path))
+            model = resolve(parse_config(self.config_text(), self.cfg_path,
+                                         environ=os.environ))
         except ConfigError:
             model = None
         if model is not None:

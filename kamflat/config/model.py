@@ -12,7 +12,7 @@ Each error is a ConfigError with the FILE:LINE of the statement that set the val
 of the loadmodule whose default it is). Nothing here opens anything: binding and
 creating are the server's job (and a path in use is server/paths.py's check).
 
-Pure: no IO.
+Pure: no IO (load_model reads the config file through cfg.load_config).
 """
 from dataclasses import dataclass, field
 

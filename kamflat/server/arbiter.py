@@ -112,7 +112,7 @@ class Arbiter:
                 argv=self.argv, processes=self.state.processes, rotate=rotator.rotate,
                 statistics=self.state, stop=lambda: os.kill(master, signal.SIGTERM),
                 started=self.started, debug=self.debug)
-            management.shv.update(self.settings.cfg.shv)   # pv's shvset initial values
+            management.shv.update(self.settings.model.shv)   # pv's shvset initial values
             return mgmtproc.run(self.settings, management, self.ready_w)
         return run
 
