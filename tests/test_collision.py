@@ -85,3 +85,39 @@ def test_live_holder_of_each_kind(tmp_path):
     (tmp_path / "plain").write_text("x")
     assert live_holder(str(tmp_path / "plain")) is None
     assert live_holder(str(tmp_path / "absent")) is None
+
+
+def test_the_ctl_socket_and_the_jsonrpc_fifo_are_checked_too(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    extra = ('rundir="%s"\nloadmodule "jsonrpcs.so"\nloadmodule "ctl.so"\n'
+             'modparam("ctl", "binrpc", "unix:%s/ctl.sock")\n' % (run, run))
+    (tmp_path / "first").mkdir()
+    with Server(tmp_path / "first", extra=extra) as first:
+        wait_until(lambda: live_holder(str(run / "kamailio_rpc.fifo")) and
+                   live_holder(str(run / "ctl.sock")), 10, what="the JSON-RPC FIFO and ctl")
+        for shared in ("jsonrpcs", "ctl"):
+            (tmp_path / shared).mkdir()
+            other = Server(tmp_path / shared, extra=extra)
+            text = other.config.read_text()
+            if shared == "ctl":        # its own JSON-RPC FIFO, the first's ctl socket
+                text = text.replace('loadmodule "jsonrpcs.so"\n', "")
+            else:                      # its own ctl socket, the first's JSON-RPC FIFO
+                text = text.replace("%s/ctl.sock" % run, "%s/ctl2.sock" % run)
+            other.config.write_text(text)
+            second = run_kamflat("serve", "-f", other.config)
+            lines = text.splitlines()
+            if shared == "ctl":
+                line = lines.index('modparam("ctl", "binrpc", "unix:%s/ctl.sock")' % run) + 1
+                expected = ('%s:%d: modparam("ctl", "binrpc", "unix:%s/ctl.sock"): %s/ctl.sock '
+                            'is in use: a server accepts connections on it'
+                            % (other.config, line, run, run))
+            else:
+                line = lines.index('loadmodule "jsonrpcs.so"') + 1
+                expected = ('%s:%d: loadmodule "jsonrpcs.so": %s/kamailio_rpc.fifo is in use: '
+                            'a server reads it' % (other.config, line, run))
+            assert (second.returncode, second.stderr) == (1, "kamflat: cannot start: %s; stop "
+                                                          "that server or give this one "
+                                                          "another path\n" % expected)
+        assert send(str(first.ingest), [record(1)]).written == 1
+        assert live_holder(str(run / "ctl.sock")) and live_holder(str(run / "kamailio_rpc.fifo"))
