@@ -202,3 +202,19 @@ def test_check_and_serve_refuse_the_same_with_file_and_line(tmp_path, text, line
     assert (check.returncode, check.stdout, check.stderr) == (1, "", "%s: %s\n" % (where, message))
     serve = run_kamflat("serve", "-f", cfg)
     assert (serve.returncode, serve.stderr) == (1, "kamflat: %s: %s\n" % (where, message))
+
+
+def test_check_opens_and_makes_nothing(tmp_path):
+    """The whole model is built, nothing is bound or created: a live server's paths,
+    missing directories and a port in use are serve's business at start."""
+    where = tmp_path / "not" / "yet"
+    cfg = tmp_path / "k.cfg"
+    cfg.write_text(ACC.replace("/tmp/kf-model/acc", str(where / "acc")) +
+                   'loadmodule "mi_fifo.so"\nmodparam("mi_fifo", "fifo_name", "%s/fifo")\n'
+                   'modparam("kamflat", "ingest_socket", "%s/in.sock")\nlisten=udp:127.0.0.1:9\n'
+                   % (where, where))
+    check = run_kamflat("check", "-f", cfg)
+    assert (check.returncode, check.stderr) == (0, "")
+    assert check.stdout == ("children=8 db_dir=%s/acc mi_fifo=%s/fifo jsonrpc_fifo=- ctl=- "
+                            "ingest_socket=%s/in.sock flush=1\n" % (where, where, where))
+    assert not (tmp_path / "not").exists()
