@@ -3,6 +3,9 @@
 Table-driven like test_config.py. The start errors are run through both `kamflat check`
 and `kamflat serve`: they must refuse the same configs with the same FILE:LINE line.
 """
+import shutil
+import subprocess
+
 import pytest
 
 from conftest import DATA, run_kamflat
@@ -118,12 +121,12 @@ KAMAILIO_STYLE = [
         "children": 3, "debug": 1, "mi_fifo": None,
         "jsonrpc_fifo.path": "/tmp/kamflat-56/kamailio_rpc.fifo",
         "ctl": [("unix", "/tmp/kamflat-56/kamailio_ctl",
-                 str(CFG / "kamailio-5.6-style.cfg") + ":40")],
+                 str(CFG / "kamailio-5.6-style.cfg") + ":41")],
         "ingest_socket.path": "/tmp/kamflat-56/ingest.sock",
         "sip.db_extra": "src_user=$fU;ua=$hdr(User-Agent)"},
      "parsed past, not emulated: statements log_stderror, memdbg, memlog, log_facility, "
      "log_prefix, fork, tcp_connection_lifetime, enable_sctp; blocks request_route; "
-     "modules corex, tm, tmx, sl"),
+     "modules corex, tm, tmx, sl, textops"),
 ]
 
 
@@ -135,6 +138,13 @@ def test_kamailio_style_configs(name, checks, notice):
     assert {key: observe(model, key) for key in checks} == checks
     assert config.compat == "KAMAILIO"
     assert config.notice() == notice          # #!KAMAILIO is no "parsed past" directive
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="needs Debian's kamailio 5.6")
+def test_the_56_style_config_is_one_kamailio_56_accepts():
+    real = subprocess.run(["kamailio", "-c", "-f", str(CFG / "kamailio-5.6-style.cfg")],
+                          capture_output=True, text=True, timeout=30)
+    assert real.returncode == 0, real.stderr
 
 
 @pytest.mark.parametrize("debug,level", [(3, 10), (2, 20), (1, 25), (0, 30), (-1, 40),
