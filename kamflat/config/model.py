@@ -270,9 +270,9 @@ def _ingest(config):
     if not path:
         return None
     where = config.where("kamflat", "ingest_socket")
-    if not path.startswith("/"):
-        raise _error('kamflat ingest_socket "%s" must be an absolute path' % path, where)
-    return _socket_place(path, 'modparam("kamflat", "ingest_socket", ...)', where)
+    # a relative name is under run_dir, as Kamailio 4.0+ does for its FIFOs
+    return _socket_place(under_run_dir(config.run_dir, path),
+                         'modparam("kamflat", "ingest_socket", ...)', where)
 
 
 def _socket_place(path, statement, where):
