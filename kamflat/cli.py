@@ -25,8 +25,21 @@ def usage():
     for name, (_module, help_text) in COMMANDS.items():
         lines.append("  %-8s %s" % (name, help_text))
     lines.append("")
-    lines.append("`kamflat COMMAND --help` describes a command.")
+    lines.append("`kamflat COMMAND --help` describes a command; `kamflat -v` the version.")
     return "\n".join(lines)
+
+
+def version_text():
+    """What `kamflat -v` prints, laid out as `kamailio -v` prints its build."""
+    import platform
+    from kamflat import __version__
+    return ("version: kamflat %s (%s/%s) \n"
+            "flags: STATS: On\n"
+            "python: %s (%s)\n"
+            "emulates: Kamailio 3.3 MI FIFO (mi_fifo), 5.6 JSON-RPC FIFO (jsonrpcs) and binrpc "
+            "(ctl), db_flatstore acc files\n"
+            % (__version__, platform.machine() or "x86_64", sys.platform,
+               platform.python_version(), sys.executable))
 
 
 def main(argv=None):
@@ -34,6 +47,9 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("-v", "-V", "--version"):    # kamailio -v and -V print the build
+        sys.stdout.write(version_text())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print("kamflat: unknown command %r\n\n%s" % (name, usage()), file=sys.stderr)

@@ -21,6 +21,8 @@ import time
 import pytest
 
 import kamflat
+from kamflat.config.cfg import ConfigError, parse_config
+from kamflat.config.model import resolve
 from kamflat.flatstore import reader
 
 MAX_SOCKET_PATH = 100     # sun_path holds 107 bytes on Linux
@@ -81,20 +83,35 @@ class KamflatServer:
             self.ingest_socket = os.path.join(self._socket_dir, "ingest.sock")
         self.cfg_path = os.path.join(self.directory, "kamflat.cfg")
         self.log_path = os.path.join(self.directory, "kamflat.log")
-        self.extra_columns = reader.parse_db_extra(self.options["db_extra"])
+        # Paths and columns as `kamflat serve` will resolve them (extra_cfg may move them).
+        # A config serve refuses keeps the paths chosen here: start() then fails with
+        # serve's own error line.
+        self.extra_columns = []
+        try:
+            model = resolve(parse_config(self.config_text(), self.cfg_path,
+                                         environ=os.environ))
+        except ConfigError:
+            model = None
+        if model is not None:
+            self.mi_fifo = model.mi_fifo.path
+            self.ingest_socket = model.ingest_socket.path
+            self.acc_dir = model.db_dir
+            self.extra_columns = model.extra_columns
         self.rotations = 0
         self.process = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def write_config(self):
+    def config_text(self):
         db_extra = self.options["db_extra"]
-        text = CONFIG_TEMPLATE.format(
+        return CONFIG_TEMPLATE.format(
             mi_fifo=self.mi_fifo, acc_dir=self.acc_dir, ingest_socket=self.ingest_socket,
             db_extra_line='modparam("acc", "db_extra", "%s")\n' % db_extra if db_extra else "",
             **{k: v for k, v in self.options.items() if k != "db_extra"})
+
+    def write_config(self):
         with open(self.cfg_path, "w") as f:
-            f.write(text)
+            f.write(self.config_text())
 
     def start(self, timeout=15.0):
         """Start the server; return once its ingest socket accepts connections."""

@@ -39,3 +39,13 @@ def wait_until(predicate, timeout=10.0, interval=0.01, what="condition"):
         if time.monotonic() > deadline:
             pytest.fail("timed out after %.1fs waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+def free_udp_port():
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port

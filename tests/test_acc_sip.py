@@ -201,7 +201,7 @@ def test_malformed_datagrams_over_udp_are_dropped_and_counted():
 
 
 def test_handler_from_a_kamailio_config(tmp_path):
-    from kamflat.config import cfg as config
+    from kamflat.config.model import load_model
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text('loadmodule "sl.so"\nloadmodule "db_flatstore.so"\nloadmodule "acc.so"\n'
                    'listen=udp:127.0.0.1:5070\n'
@@ -212,7 +212,7 @@ def test_handler_from_a_kamailio_config(tmp_path):
                    'modparam("kamflat", "sip_reply", "202 Accepted")\n'
                    'modparam("kamflat", "sip_reply", "INVITE=486 Busy Here")\n'
                    'modparam("kamflat", "sip_reply", "OTHER=404 Not here")\n' % tmp_path)
-    handler = AccHandler.from_config(config.load_config(str(cfg)))
+    handler = load_model(str(cfg)).sip_handler()
     assert handler.keys[-2:] == ["src_user", "ua"]
     assert handler.reply_for("INVITE") == (486, "Busy Here")
     assert handler.reply_for("MESSAGE") == (202, "Accepted")

@@ -53,3 +53,23 @@ def test_no_server_on_the_ingest_socket_is_exit_3_with_one_line(name, tmp_path):
     assert proc.stderr.splitlines() == [
         "kamflat %s: cannot connect to the ingest socket %s: No such file or directory"
         % (name, tmp_path / "none.sock")]
+
+
+def test_version_as_kamailio_v_prints_it():
+    import platform
+    import shutil
+    import kamflat
+    outputs = {flag: run_kamflat(flag) for flag in ("-v", "-V", "--version")}
+    assert {(r.returncode, r.stderr) for r in outputs.values()} == {(0, "")}
+    text = outputs["-v"].stdout
+    assert {r.stdout for r in outputs.values()} == {text}
+    lines = text.splitlines()
+    assert lines[0] == "version: kamflat %s (%s/linux) " % (kamflat.__version__,
+                                                            platform.machine())
+    assert [line.split(":")[0] for line in lines] == ["version", "flags", "python", "emulates"]
+    real = shutil.which("kamailio")
+    if real:     # the same layout: "version: NAME VERSION (ARCH/OS) " then "flags: ..."
+        import subprocess
+        first = subprocess.run([real, "-v"], capture_output=True, text=True).stdout.splitlines()
+        assert first[0].startswith("version: kamailio ") and first[0].endswith("/linux) ")
+        assert first[1].startswith("flags: ")

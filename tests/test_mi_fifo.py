@@ -424,8 +424,9 @@ def test_statistics_commands(srv):
 def test_shv_and_debug(srv):
     name = TAG + "_shv"
     ask = lambda req: srv.ask(req.replace(b"R", name.encode(), 1), name)
+    # newest first, as pv's add_shvar prepends (shvset sv first, then nv)
     assert ask(b":shv_get:R\n\n") == \
-        b"200 OK\nVAR:: sv type=string value=init\nVAR:: nv type=integer value=1\n\n"
+        b"200 OK\nVAR:: nv type=integer value=1\nVAR:: sv type=string value=init\n\n"
     assert ask(b":shv_set:R\nnv\nint\n-42\n\n") == b"200 OK\n\n"
     assert ask(b":shv_get:R\nnv\n\n") == b"200 OK\nVAR:: nv type=integer value=-42\n\n"
     assert ask(b":shv_set:R\nnosuch\nint\n1\n\n") == b"404 Not found\n\n"

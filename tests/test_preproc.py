@@ -166,9 +166,10 @@ ERROR_CASES = [
      "t.cfg:2: #!else must be alone on its line, found 'X' after it (Kamailio reads such a "
      "line as a comment); put comments on their own line"),
     ("unsupported directive", "#!ifexp KAMAILIO_VERSION > 5\n", (),
-     "t.cfg:1: #!ifexp is not supported by kamflat (it reads the directives of Kamailio "
-     "3.3-5.6: define, trydef, redef, ifdef, ifndef, else, endif, subst, substdef, substdefs, "
-     "include_file, import_file)"),
+     "t.cfg:1: " + "#!%s is not supported by kamflat (it reads every directive of Kamailio 3.3-6.0 but the "
+     "expression ones: define, trydef, redef, ifdef, ifndef, else, endif, subst, substdef, "
+     "substdefs, undef, tryundef, defenv, defenvs, trydefenv, trydefenvs, include_file, "
+     "import_file)" % "ifexp"),
     ("unclosed string", 'a\n"abc\n', (),
      't.cfg:2: unclosed "string": no closing " before the end of the file'),
     ("unclosed raw string", "'abc", (),
@@ -323,3 +324,28 @@ def test_an_ifdef_left_open_by_an_included_file_goes_on_in_the_includer(tmp_path
     main = write(tmp_path / "main.cfg", 'include_file "%s/open.cfg"\nskipped\n#!endif\nshown\n'
                  % tmp_path)
     assert [t.value for t in scan_file(main).tokens] == ["shown"]
+
+
+# (directive lines, environment, expected tokens) - the 5.x/6.0 directives
+ENV_CASES = [
+    ("#!defenv HOME\nHOME", {"HOME": "7"}, [("num", 7)]),
+    ("#!defenv X=HOME\nX", {"HOME": "8"}, [("num", 8)]),
+    ("#!defenvs X=HOME\nX", {"HOME": "/root"}, [("str", "/root")]),
+    ("#!trydefenv X=NOPE\n#!ifdef X\na\n#!else\nb\n#!endif", {}, ids("b")),
+    ("#!trydefenvs X=HOME\nX", {"HOME": "h"}, [("str", "h")]),
+    ("#!define X 1\n#!undef X\n#!ifdef X\na\n#!else\nb\n#!endif", {}, ids("b")),
+    ("#!tryundef X\nc", {}, ids("c")),
+]
+
+
+@pytest.mark.parametrize("text,environ,expected", ENV_CASES, ids=[c[0] for c in ENV_CASES])
+def test_defenv_and_undef(text, environ, expected):
+    tokens = preprocess(text, "t.cfg", environ=environ).tokens
+    assert [(t.kind, t.value) for t in tokens] == expected
+
+
+@pytest.mark.parametrize("mark", ["KAMAILIO", "OPENSER", "SER", "MAXCOMPAT", "ALL"])
+def test_compat_line_is_taken_as_the_mode(mark):
+    source = preprocess("#!%s\nchildren=1" % mark, "t.cfg")
+    assert source.compat == mark and source.warnings == []
+    assert [t.text for t in source.tokens] == ["children", "=", "1"]

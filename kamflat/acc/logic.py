@@ -38,6 +38,9 @@ SERVER_HEADER = "kamflat (%s)" % __version__
 
 # sl module statistics that have a counter of their own; other codes count per class.
 _SL_CODES = {200, 202, 300, 301, 302, 400, 401, 403, 404, 407, 408, 483, 500}
+# Methods 5.x kex counts in core:rcv_requests_<method> (core_stats.c)
+PER_METHOD = {"ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS",
+               "PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"}
 
 
 class Outcome(tuple):
@@ -109,26 +112,6 @@ class AccHandler:
         self.clock = clock
         self.counters = {}
 
-    @classmethod
-    def from_config(cls, config, **overrides):
-        """Build from a kamflat Config (acc and kamflat params); keyword args win."""
-        param = config.param
-        replies = config.param_values("kamflat", "sip_reply")
-        plain = [v for v in replies if "=" not in v]
-        server = param("kamflat", "sip_server_header")
-        kwargs = dict(
-            acc_methods=param("kamflat", "acc_methods"),
-            reply=plain[-1] if plain else "200 OK",
-            reply_overrides=[v for v in replies if "=" in v],
-            db_extra=param("acc", "db_extra") or "",
-            table_acc=param("acc", "db_table_acc"),
-            table_missed=param("acc", "db_table_missed_calls"),
-            missed_calls=bool(param("kamflat", "sip_missed_calls")),
-            server=SERVER_HEADER if server is None else server,
-        )
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
     def reply_for(self, method):
         """(code, reason) sent for a request of this method."""
         if method in self.overrides:
@@ -161,6 +144,8 @@ class AccHandler:
             return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
         self._count("core:rcv_requests")
         method = request.method.upper()
+        if method in PER_METHOD:                # 5.x kex: rcv_requests_<method>
+            self._count("core:rcv_requests_" + method.lower())
         code, reason = self.reply_for(method)
         reply = reply_to = None
         if method == "ACK":
@@ -194,7 +179,3 @@ class AccHandler:
         self._count("sl:%d_replies" % code if code in _SL_CODES
                     else "sl:%dxx_replies" % (code // 100))
 
-
-def handler_from_config(config, **overrides):
-    """AccHandler.from_config(config) (the name `kamflat serve` calls)."""
-    return AccHandler.from_config(config, **overrides)

@@ -14,10 +14,11 @@ modules loaded so far, and the value's type comes from its syntax, so
 Pure: no IO except reading files through preproc's `read_file`.
 """
 import difflib
+import os
 from dataclasses import dataclass
 
-from kamflat.config import modparams
-from kamflat.config.modparams import EMULATED, INT, KAMFLAT, KNOWN_NOT_EMULATED, STR
+from kamflat.config import values as typed
+from kamflat.config.modparams import EMULATED, KAMFLAT, KNOWN_NOT_EMULATED
 from kamflat.config.regex import compile_ere
 from kamflat.config.preproc import ConfigError, preprocess, read_text_file
 
@@ -28,7 +29,9 @@ DEFAULT_RUN_DIR = "/var/run/kamailio/"   # Kamailio's RUN_DIR (Debian's build to
 ROUTE_BLOCKS = {"route", "request_route", "failure_route", "reply_route", "onreply_route",
                 "branch_route", "onsend_route", "event_route"}
 SKIPPED_DECLARATIONS = {"flags", "bool", "avpflags", "cfgengine"}
-INT_MIN, INT_MAX = -2 ** 31, 2 ** 31 - 1
+RUN_DIR_NAMES = ("run_dir", "rundir")
+# Core globals kamflat reads (so they are not in the notice of what was parsed past).
+READ_GLOBALS = {"debug", *RUN_DIR_NAMES}
 TOP_LEVEL_ERROR = "%s at the top level: expected name=value, loadmodule, modparam or a route block"
 
 
@@ -60,6 +63,7 @@ class Config:
         self.path = path
         self.children = DEFAULT_CHILDREN
         self.listen = []        # as written, e.g. "udp:127.0.0.1:5060"
+        self.listen_at = []     # "FILE:LINE" of each listen=
         self.modules = []       # loaded module names, in load order
         self.mpath = None
         self.globals = {}       # every other `name = value` global, last value (read only)
@@ -69,6 +73,7 @@ class Config:
         self.warnings = []      # "FILE:LINE: message"
         self.files = []         # every file read (the config, then its includes)
         self._settings = {}     # (module, param) -> [Setting]
+        self._core = {}         # core name -> [Setting] (every `name = value` global)
         self._loaded_at = {}    # module -> "FILE:LINE" of its loadmodule
 
     def has_module(self, name):
@@ -104,19 +109,30 @@ class Config:
         settings = self._settings.get((module, name))
         return "%s:%d" % (settings[-1].file, settings[-1].line) if settings else None
 
+    def settings(self, module, name):
+        """Every Setting (value, file, line) given to module's param, in order."""
+        return list(self._settings.get((module, name), ()))
+
+    def loaded_at(self, module):
+        """"FILE:LINE" of the loadmodule of `module`, or None."""
+        return self._loaded_at.get(module)
+
+    def core(self, name):
+        """The last value of a core `name = value` global, or None."""
+        settings = self._core.get(name)
+        return settings[-1].value if settings else None
+
+    def core_where(self, name):
+        settings = self._core.get(name)
+        return "%s:%d" % (settings[-1].file, settings[-1].line) if settings else None
+
     @property
     def run_dir(self):
-        """Kamailio's runtime directory: `run_dir=`/`rundir=`, else its default."""
-        for name in ("run_dir", "rundir"):
-            if isinstance(self.globals.get(name), str):
-                return self.globals[name]
-        return DEFAULT_RUN_DIR
+        """Kamailio's runtime directory: the last `run_dir=`/`rundir=`, else its default."""
+        return self.core("run_dir") or DEFAULT_RUN_DIR
 
-    def runtime_path(self, path):
-        """A relative path the way Kamailio's jsonrpcs resolves it: under run_dir."""
-        if not path or path.startswith("/"):
-            return path
-        return self.run_dir.rstrip("/") + "/" + path
+    def run_dir_where(self):
+        return self.core_where("run_dir")
 
     @property
     def db_dir(self):
@@ -131,7 +147,7 @@ class Config:
         """pv's shvset values as {name: int or str}, in config order."""
         values = {}
         for value in self.param_values("pv", "shvset"):
-            name, kind, text = _split_xvar(value)
+            name, kind, text = typed.split_xvar(value)
             values[name] = int(text) if kind == "i" else text
         return values
 
@@ -150,35 +166,26 @@ class Config:
 
 
 def load_config(path, defines=(), read_file=read_text_file):
-    """Read the config file at `path` (with `-A` style `defines`). Raises ConfigError."""
+    """Read the config file at `path` (with `-A` style `defines`, and #!defenv reading this
+    process's environment). Raises ConfigError."""
     try:
         text = read_file(path)
     except OSError as e:
         raise ConfigError("cannot read the config file: %s" % (e.strerror or e), path)
-    return parse_config(text, path, defines, read_file)
+    return parse_config(text, path, defines, read_file, os.environ)
 
 
-def parse_config(text, path="<string>", defines=(), read_file=read_text_file):
+def parse_config(text, path="<string>", defines=(), read_file=read_text_file, environ=None):
     """Parse config `text` as if read from `path`. Raises ConfigError."""
-    source = preprocess(text, path, defines, read_file)
+    source = preprocess(text, path, defines, read_file, environ)
     config = Config(path)
     config.defines = source.defines
     config.compat = source.compat
     config.files = source.files
     config.warnings.extend(source.warnings)
-    if source.compat:
-        config.ignored.append(Ignored("directive", "#!" + source.compat, path + ":1"))
     _Parser(source.tokens, config, path).parse()
     _check(config)
     return config
-
-
-def _describe(token):
-    if token is None:
-        return "the end of the file"
-    if token.kind == "str":
-        return "the string %s" % token.text if len(token.text) < 60 else "a string"
-    return repr(token.text)
 
 
 class _Parser:
@@ -203,8 +210,8 @@ class _Parser:
     def expect_punct(self, char, what, at):
         token = self.peek()
         if not self.is_punct(token, char):
-            raise self.error("%s: expected '%s', found %s" % (what, char, _describe(token)),
-                             token or at)
+            raise self.error("%s: expected '%s', found %s"
+                             % (what, char, typed.describe(token)), token or at)
         self.i += 1
         return token
 
@@ -241,7 +248,7 @@ class _Parser:
             elif self.is_punct(token, "}"):
                 raise self.error("unexpected '}': no block is open here")
             elif token.kind != "id":
-                raise self.error(TOP_LEVEL_ERROR % _describe(token))
+                raise self.error(TOP_LEVEL_ERROR % typed.describe(token))
             elif token.value in ("loadmodule", "loadmodulex"):
                 self.loadmodule()
             elif token.value in ("modparam", "modparamx"):
@@ -250,12 +257,14 @@ class _Parser:
                 self.mpath()
             elif token.value in ROUTE_BLOCKS or self.is_punct(self.peek(1), "{"):
                 self.block()
+            elif self.is_punct(self.peek(1), "=") and self.is_punct(self.peek(2), "{"):
+                self.block(assigned=True)      # 6.0: socket = { bind = ...; }
             elif self.is_punct(self.peek(1), "=."):
                 self.assignment()
             elif token.value in SKIPPED_DECLARATIONS:
                 self.skip_statement("statement")
             else:
-                raise self.error(TOP_LEVEL_ERROR % _describe(token))
+                raise self.error(TOP_LEVEL_ERROR % typed.describe(token))
 
     def skip_statement(self, kind):
         token = self.peek()
@@ -278,18 +287,31 @@ class _Parser:
         if name == "children":
             self.config.children = self.children(value, name_token)
         elif name == "listen":
-            self.config.listen.append(_as_written(value))
+            self.config.listen.append(typed.as_written(value))
+            self.config.listen_at.append(name_token.where)
         elif name in ("mpath", "loadpath"):
             self.config.mpath = self.string_value(value, name, name_token)
         else:
-            self.config.globals[name] = _plain_value(value)
-            self.config.ignored.append(Ignored("statement", name, name_token.where))
+            self.global_value(name, value, name_token)
+
+    def global_value(self, name, value, at):
+        plain = typed.plain_value(value)
+        if name == "debug" and not isinstance(plain, int):
+            raise self.error("debug needs a number (Kamailio's log level, -5..3), got %s"
+                             % typed.as_written(value), at)
+        if name in RUN_DIR_NAMES:
+            plain = self.string_value(value, name, at)
+        self.config.globals[name] = plain
+        key = "run_dir" if name in RUN_DIR_NAMES else name     # two names, one value
+        self.config._core.setdefault(key, []).append(Setting(plain, at.file, at.line))
+        if name not in READ_GLOBALS:
+            self.config.ignored.append(Ignored("statement", name, at.where))
 
     def children(self, value, at):
-        number = _int_value(value)
+        number = typed.int_value(value)
         if number is None:
             raise self.error("children needs a number of worker processes, got %s"
-                             % _as_written(value), at)
+                             % typed.as_written(value), at)
         if not 1 <= number <= 1024:
             raise self.error("children must be between 1 and 1024 (kamflat needs at least "
                              "one writer process), got %d" % number, at)
@@ -297,8 +319,8 @@ class _Parser:
 
     def string_value(self, value, name, at):
         if len(value) != 1 or value[0].kind != "str":
-            raise self.error('%s needs a quoted "string", got %s' % (name, _as_written(value)),
-                             at)
+            raise self.error('%s needs a quoted "string", got %s'
+                             % (name, typed.as_written(value)), at)
         return value[0].value
 
     def mpath(self):
@@ -311,11 +333,16 @@ class _Parser:
         self.config.mpath = self.string_value(value, at.value, at)
         self.i = end
 
-    def block(self):
-        """A route block: NAME [ '[' label ']' ] '{' ... '}', skipped with balanced braces."""
+    def block(self, assigned=False):
+        """A route block: NAME [ '[' label ']' ] '{' ... '}', or NAME = { ... } (Kamailio
+        6.0's socket blocks), skipped with balanced braces."""
         start = self.peek()
         name = start.value
-        self.i += 1
+        self.i += 2 if assigned else 1
+        if assigned and name == "socket":
+            self.config.warnings.append("%s: socket = { ... } is parsed past: kamflat's SIP "
+                                        "front end listens only on listen= sockets"
+                                        % start.where)
         if self.is_punct(self.peek(), "["):
             close = self.i
             while close < len(self.tokens) and not self.is_punct(self.tokens[close], "]{}"):
@@ -344,9 +371,10 @@ class _Parser:
         token = self.peek()
         if token is None or token.kind != "str" or token.line != at.line:
             raise self.error('loadmodule needs a quoted module file name, e.g. loadmodule '
-                             '"acc.so", got %s' % _describe(token), token or at)
+                             '"acc.so", got %s' % typed.describe(token), token or at)
         self.i += 1
-        if self.peek() is not None and self.peek().kind == "str" and not self.peek().newline_before:
+        following = self.peek()
+        if following is not None and following.kind == "str" and not following.newline_before:
             self.i += 1                      # loadmodulex / module options: not used
         name = token.value.rsplit("/", 1)[-1]
         if name.endswith(".so"):
@@ -387,7 +415,7 @@ class _Parser:
         token = self.peek()
         if token is None or token.kind != "str":
             raise self.error('modparam: the %s must be a quoted string, got %s'
-                             % (what, _describe(token)), token or at)
+                             % (what, typed.describe(token)), token or at)
         self.i += 1
         return token.value
 
@@ -402,7 +430,7 @@ class _Parser:
             raise self.error("modparam value %s is neither a quoted string nor a number (is it "
                              "a #!define that is not defined?)" % token.text, token)
         raise self.error('modparam value must be a quoted string or a number, got %s'
-                         % _describe(token), token or at)
+                         % typed.describe(token), token or at)
 
     def set_param(self, pattern, param, value, token, at):
         config = self.config
@@ -426,58 +454,13 @@ class _Parser:
                                  'parameters: %s)' % (module, param, hint,
                                                      ", ".join(params) or "none"), at)
             if params is not None:
-                _check_value(module, param, value, params[param], token, config)
+                typed.check_value(module, param, value, params[param], token, config)
             config._settings.setdefault((module, param), []).append(
                 Setting(value, at.file, at.line))
 
 
-def _check_value(module, param, value, declared, token, config):
-    """Kamailio's type check for one emulated param, plus what its mod_init rejects."""
-    params_type = declared[0]      # EITHER takes both forms
-    where = (token.file, token.line)
-    if isinstance(value, int) and params_type == STR:
-        raise ConfigError('modparam("%s", "%s", %s): %s takes a string, got the integer %s; '
-                          'put it in double quotes' % (module, param, token.text, param,
-                                                      token.text), *where)
-    if isinstance(value, str) and params_type == INT:
-        raise ConfigError('modparam("%s", "%s", %s): %s takes an integer, got a string; '
-                          'write the number without quotes' % (module, param, token.text,
-                                                              param), *where)
-    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
-        raise ConfigError('modparam("%s", "%s", %d): the value does not fit in a 32-bit int'
-                          % (module, param, value), *where)
-    if (module, param) in modparams.NO_EFFECT:
-        config.warnings.append('%s:%d: modparam("%s", "%s") has no effect in kamflat: %s'
-                               % (*where, module, param, modparams.NO_EFFECT[module, param]))
-        if param != "file_suffix" and len(value) != 1:
-            raise ConfigError('modparam("%s", "%s", %s): must be exactly one character'
-                              % (module, param, token.text), *where)
-    if module == "pv" and param in ("shvset", "varset") and _split_xvar(value) is None:
-        raise ConfigError('modparam("pv", "%s", %s): expected "name=s:text" or '
-                          '"name=i:number"' % (param, token.text), *where)
-
-
-def _split_xvar(value):
-    """pv's shvset/varset "name=s:text" | "name=i:number" -> (name, "s"|"i", text)."""
-    name, eq, rest = value.partition("=")
-    if not eq or not name or len(rest) < 2 or rest[0] not in "sSiI" or rest[1] != ":":
-        return None
-    kind, text = rest[0].lower(), rest[2:]
-    if kind == "i":
-        try:
-            int(text.strip())
-        except ValueError:
-            return None
-    return name, kind, text
-
-
 def _check(config):
     """Checks that need the whole config (Kamailio's mod_init refuses these)."""
-    if config.has_module("mi_fifo") and not config.param("mi_fifo", "fifo_name"):
-        file, line = config._loaded_at["mi_fifo"].rsplit(":", 1)
-        raise ConfigError('mi_fifo is loaded but has no fifo_name; add modparam("mi_fifo", '
-                          '"fifo_name", "/tmp/kamailio_fifo") (Kamailio does not start '
-                          'without one)', file, int(line))
     url = config.param("acc", "db_url") if config.has_module("acc") else None
     if url:
         file, line = config.where("acc", "db_url").rsplit(":", 1)
@@ -492,31 +475,3 @@ def _check(config):
         if not config.has_module("db_flatstore"):
             raise ConfigError('acc db_url "%s" needs db_flatstore: add loadmodule '
                               '"db_flatstore.so"' % url, file, int(line))
-
-
-def _as_written(tokens, string_values=True):
-    """Tokens back to text, spaced as they were; strings by value or as written."""
-    out = []
-    for t in tokens:
-        if out and t.space_before:
-            out.append(" ")
-        out.append(t.value if t.kind == "str" and string_values else t.text)
-    return "".join(out)
-
-
-def _int_value(tokens):
-    if len(tokens) == 1 and tokens[0].kind == "num":
-        return tokens[0].value
-    if len(tokens) == 2 and tokens[0].text == "-" and tokens[1].kind == "num":
-        return -tokens[1].value
-    return None
-
-
-def _plain_value(tokens):
-    """A global's value: an int, a string's text, or the tokens as written."""
-    number = _int_value(tokens)
-    if number is not None:
-        return number
-    if len(tokens) == 1 and tokens[0].kind == "str":
-        return tokens[0].value
-    return _as_written(tokens, string_values=False)

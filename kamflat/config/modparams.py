@@ -134,8 +134,8 @@ NO_EFFECT = {
 
 # Kamailio modules kamflat does not emulate but knows by name: loading one is fine (it is
 # listed in the notice of what was parsed past) and its params are accepted untyped.
-# The Debian 5.6 `kamailio` package set, plus common modules of the other packages and
-# of 3.x.
+# The Debian 5.6 `kamailio` package set, plus the modules of the other packages, of
+# 3.3 and 4.x that later went, and those 5.7 to 6.0 added.
 KNOWN_NOT_EMULATED = frozenset("""
 acc_diameter alias_db app_jsdt app_sqlang async auth auth_db auth_diameter auth_xkeys
 avp avpops benchmark blst call_control call_obj carrierroute cfg_db cfg_rpc cfgt
@@ -157,4 +157,11 @@ http_client http_async_client jansson json jsonrpcc evapi kazoo rabbitmq nsq
 geoip geoip2 ldap h350 snmpstats xmpp utils uuid lost phonenum cnxcc gzcompress
 mi_rpc mi_datagram mi_xmlrpc mi_http xmlrpc xmlops sctp auth_radius acc_radius
 misc_radius peering siputils cplc dialog_ng ims_usrloc_pcscf
+acc_json app_java app_mono app_python3s auth_ephemeral auth_identity avp_radius cdp cdp_avp
+cpl-c crypto db2_ldap db_cassandra db_perlvdb dlgs file_out gcrypt gflags ims_auth
+ims_charging ims_dialog ims_diameter_server ims_icscf ims_ipsec_pcscf ims_isc ims_ocs ims_qos
+ims_registrar_pcscf ims_registrar_scscf ims_usrloc_scscf influxdbc iptrtpproxy jwt kafka
+log_systemd lwsc math memcached microhttpd misctest mmgeoip mqtt nats ndb_cassandra osp perl
+perlvdb posops pua_bla pua_mi purple pvtpl rtp_media_server ruxc secsipid secsipid_proc
+siprepo slack stirshaken sworker tlsa topos_htable topos_redis uri_radius xhttp_pi
 """.split())

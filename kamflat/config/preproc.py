@@ -2,7 +2,7 @@
 
 This is the part of Kamailio's cfg.lex that decides *what text the parser sees*:
 `#!define` and friends, `#!ifdef` blocks, `#!subst`, `include_file`/`import_file`,
-comments, strings, numbers and token-level define expansion. config.py turns the
+comments, strings, numbers and token-level define expansion. cfg.py turns the
 tokens into a Config.
 
 It works like Kamailio's flex scanner, on the same rules:
@@ -19,9 +19,13 @@ Pure: the only IO is `read_file(path) -> str`, used for include_file/import_file
 passed in by the caller (load_config passes the default, `read_text_file`).
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kamflat.config.regex import parse_subst
+from kamflat.config.tokens import (YES_WORDS, ConfigError, Preprocessed, Token,
+                                   read_text_file, word_token)
+
+__all__ = ["ConfigError", "Preprocessed", "Token", "preprocess", "read_text_file"]
 
 MAX_INCLUDE_DEPTH = 10      # Kamailio's MAX_INCLUDE_DEPTH
 MAX_NESTED_EXPANSIONS = 200  # a define that expands into itself would loop forever
@@ -37,18 +41,9 @@ BUILTIN_DEFINES = {
     "KAMFLAT": "",
 }
 
-YES_WORDS = {"yes": 1, "true": 1, "on": 1, "enable": 1,
-             "no": 0, "false": 0, "off": 0, "disable": 0}
-
 EAT = " \t\b\r"  # Kamailio's EAT_ABLE: white space that is not a newline
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 WORD_RE = re.compile(r"[A-Za-z0-9_]+")
-NUMBER_FORMS = (  # (pattern, base) in cfg.lex order: the first full match wins
-    (re.compile(r"0x[0-9a-fA-F]+\Z"), 16),
-    (re.compile(r"0[0-7]+\Z"), 8),
-    (re.compile(r"[01]+b\Z"), 2),
-    (re.compile(r"(0|[1-9][0-9]*)\Z"), 10),
-)
 DIRECTIVE_RE = re.compile(
     r"(?:#!|!!)(define|def|trydefine|trydef|redefine|redef|ifdef|ifndef|else|endif"
     r"|substdefs|substdef|subst|include_file|import_file"
@@ -63,69 +58,19 @@ INCLUDE_NAME_RE = re.compile(r"[ \t]*([^ \t\r\n]*)")
 SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "a": "\a", "t": "\t", '"': '"', "\\": "\\"}
 SKIP_RE = re.compile(r"(?:#!|!!)(ifdef|ifndef|else|endif)(?![A-Za-z0-9_])")
 NAME_AFTER_RE = re.compile(r"[ \t\b\r]+([A-Za-z_][A-Za-z0-9_]*)(-?)")
+SUPPORTED_DIRECTIVES = ("define", "trydef", "redef", "ifdef", "ifndef", "else", "endif",
+                        "subst", "substdef", "substdefs", "undef", "tryundef", "defenv",
+                        "defenvs", "trydefenv", "trydefenvs", "include_file", "import_file")
 DEFINE_KINDS = {"define": "define", "def": "define", "trydefine": "trydef",
                 "trydef": "trydef", "redefine": "redef", "redef": "redef"}
 
 
-class ConfigError(Exception):
-    """A config that kamflat (or Kamailio) cannot use. str() is `FILE:LINE: message`."""
-
-    def __init__(self, message, file=None, line=None):
-        super().__init__(message)
-        self.message, self.file, self.line = message, file, line
-
-    def __str__(self):
-        if self.file is None:
-            return self.message
-        if self.line is None:
-            return "%s: %s" % (self.file, self.message)
-        return "%s:%d: %s" % (self.file, self.line, self.message)
-
-
-@dataclass(frozen=True)
-class Token:
-    """One token of the config after preprocessing.
-
-    kind: "id" (name), "num" (value is an int), "str" (value is the decoded text),
-    "pvar" ($var...), "word" (starts with a digit but is no number, e.g. 5060abc)
-    or "punct" (one character). `text` is the token as written.
-    """
-
-    kind: str
-    value: object
-    text: str
-    file: str
-    line: int
-    end_line: int
-    newline_before: bool   # a line ended between the previous token and this one
-    space_before: bool
-
-    @property
-    def where(self):
-        return "%s:%d" % (self.file, self.line)
-
-
-@dataclass
-class Preprocessed:
-    tokens: list
-    defines: dict            # name -> value as written ("" when defined without one)
-    warnings: list           # "FILE:LINE: message"
-    compat: str = None       # KAMAILIO, OPENSER, SER, MAXCOMPAT, ALL or None
-    files: list = field(default_factory=list)   # every file read, in order
-
-
-def read_text_file(path):
-    """The default `read_file`: a config file's text (bad UTF-8 bytes become U+FFFD)."""
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", errors="replace")
-
-
-def preprocess(text, path="<string>", defines=(), read_file=read_text_file):
+def preprocess(text, path="<string>", defines=(), read_file=read_text_file, environ=None):
     """Preprocess and scan config `text` read from `path`.
 
     `defines` are the `-A` arguments: "NAME" or "NAME=VALUE". Raises ConfigError.
     """
-    scanner = _Scanner(read_file)
+    scanner = _Scanner(read_file, environ or {})
     for arg in defines:
         name, _, value = arg.partition("=")
         if not NAME_RE.match(name):
@@ -162,8 +107,9 @@ class _Ifdef:
 class _Scanner:
     """Scans one file after another (includes recurse); state is shared across files."""
 
-    def __init__(self, read_file):
+    def __init__(self, read_file, environ):
         self.read_file = read_file
+        self.environ = environ          # for #!defenv: passed in, never read here
         self.defines = {name: (value, "built in") for name, value in BUILTIN_DEFINES.items()}
         self.substs = []
         self.ifdefs = []    # open _Ifdef blocks, innermost last
@@ -256,7 +202,7 @@ class _Scanner:
                     n = len(text)
                     continue
                 p += len(word)
-                token = self.word_token(word)
+                token = word_token(word)
             else:
                 p += 1
                 token = ("punct", c, c)
@@ -264,17 +210,6 @@ class _Scanner:
             self.tokens.append(Token(kind, value, raw, file, start_line, line, newline, space))
             newline = space = False
             expansions = 0
-
-    @staticmethod
-    def word_token(word):
-        for pattern, base in NUMBER_FORMS:
-            if pattern.match(word):
-                return ("num", int(word.rstrip("b") if base == 2 else word, base), word)
-        if word in YES_WORDS:
-            return ("num", YES_WORDS[word], word)
-        if word[0].isdigit():
-            return ("word", word, word)
-        return ("id", word, word)
 
     def subst(self, s):
         """Apply every #!subst rule so far, in order, as Kamailio's pp_subst_run."""
@@ -382,10 +317,43 @@ class _Scanner:
             return self.subst_directive(name, text, p, file, line)
         if name in ("include_file", "import_file"):
             return self.include(name, text, p, file, line, depth), line
-        raise ConfigError("#!%s is not supported by kamflat (it reads the directives of "
-                          "Kamailio 3.3-5.6: define, trydef, redef, ifdef, ifndef, else, "
-                          "endif, subst, substdef, substdefs, include_file, import_file)"
-                          % name, file, line)
+        if name in ("undef", "tryundef"):
+            self.undefine(name, text[p:eol], file, line)
+            return eol, line
+        if name in ("defenv", "defenvs", "trydefenv", "trydefenvs"):
+            self.define_env(name, text[p:eol], file, line)
+            return eol, line
+        raise ConfigError("#!%s is not supported by kamflat (it reads every directive of "
+                          "Kamailio 3.3-6.0 but the expression ones: %s)"
+                          % (name, ", ".join(SUPPORTED_DIRECTIVES)), file, line)
+
+    def undefine(self, directive, rest, file, line):
+        m = NAME_AFTER_RE.match(rest)
+        if not m or rest[m.end():].strip(EAT):
+            raise ConfigError("#!%s needs one define name" % directive, file, line)
+        if self.defines.pop(m.group(1), None) is None and directive == "undef":
+            raise ConfigError("#!undef %s: %s is not defined (#!tryundef does not mind)"
+                              % (m.group(1), m.group(1)), file, line)
+
+    def define_env(self, directive, rest, file, line):
+        """#!defenv [NAME=]VAR: NAME (or VAR) defined as VAR's value in the environment;
+        defenvs quotes it as a string; the try forms skip a VAR that is not set
+        (Kamailio's pp_define_env)."""
+        spec = rest.strip(EAT)
+        name, eq, var = spec.partition("=")
+        name, var = name.strip(EAT), (var if eq else name).strip(EAT)
+        if not NAME_RE.match(name) or not var:
+            raise ConfigError("#!%s needs NAME=ENVVAR or ENVVAR, got %r" % (directive, spec),
+                              file, line)
+        value = self.environ.get(var)
+        if value is None:
+            if directive.startswith("try"):
+                return
+            raise ConfigError("#!%s %s: the environment variable %s is not set"
+                              % (directive, spec, var), file, line)
+        if directive.endswith("s"):
+            value = '"%s"' % value
+        self.define("define", name, value, file, line)
 
     def define_directive(self, kind, written, text, p, file, line):
         m = NAME_AFTER_RE.match(text, p)

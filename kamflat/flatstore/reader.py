@@ -100,20 +100,6 @@ def decode_value(value):
     return value.replace(ENCODED_DELIMITER, "|")
 
 
-def parse_db_extra(spec):
-    """acc's db_extra ("src_user=$fU;src_domain=$fd") -> column names ["src_user", "src_domain"]."""
-    names = []
-    for item in (spec or "").split(";"):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, _pv = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError("db_extra item %r is not NAME=PSEUDOVARIABLE" % item)
-        names.append(name.strip())
-    return names
-
-
 def acc_columns(extra=()):
     """Column names of an acc record: the 7 fixed ones, then the db_extra names in config order."""
     return list(ACC_COLUMNS) + list(extra)

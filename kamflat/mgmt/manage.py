@@ -39,7 +39,11 @@ def select_statistics(stats, spec):
 
     "all" -> every counter, "group:" -> that group's, anything else -> the first
     counter with that name. Kamailio walks its counters sorted by group, then name;
-    so does this, and both MI and RPC print them in that order.
+    so does this, and both MI and RPC print them in that order: core/counters.c keeps
+    the groups in grp_sorted (grp_hash_add inserts by strcmp) and each group's counters
+    in a list cnt_hash_add inserts by strcmp, which counter_iterate_grp_names and
+    counter_iterate_grp_vars walk (3.3 lib/kcore and 5.6 kex stats alike). Python's
+    str order is strcmp's for these ASCII names ("bad_URIs_rcvd" < "bad_msg_hdr").
     """
     if spec == "all":
         chosen = stats
@@ -85,18 +89,41 @@ class Statistics:
         return True
 
 
+class Value:
+    """A core value this process alone sees (standalone); `kamflat serve` passes the
+    shared one of server/shm.py instead, so every process sees a change."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        self.value = value
+
+
 class Management:
     """The server as the management commands see it."""
 
     def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0):
         self.argv = list(argv)
         self.started = time.time() if started is None else started
-        self.debug = debug          # core.debug / MI `debug`: the log level
+        # core.debug / MI `debug`: Kamailio's log level, an int or a Value-like get()/set()
+        self._debug = debug if hasattr(debug, "get") else Value(debug)
         self.shv = {}               # pv shared variables: name -> int or str
         self.statistics = statistics
         self._processes = processes
         self._rotate = rotate
         self._stop = stop
+
+    @property
+    def debug(self):
+        return self._debug.get()
+
+    @debug.setter
+    def debug(self, level):
+        self._debug.set(level)
 
     @classmethod
     def standalone(cls, argv=None):
@@ -111,8 +138,16 @@ class Management:
         )
 
     def processes(self):
-        """The process table, as a list of Process."""
-        return list(self._processes())
+        """The process table, as a list of Process, in table order: Kamailio's MI `ps`
+        (3.3 kex mi_core.c mi_ps) and core.psx/core.psa (core/core_cmd.c) walk pt[]
+        from index 0 up to process_count."""
+        return sorted(self._processes(), key=lambda p: p.idx)
+
+    def shv_listing(self):
+        """[(name, value)] of every shared variable, newest first: pv's add_shvar
+        (pv_shv.c) prepends to sh_vars, and MI shv_get (mi_shvar_get) and RPC
+        pv.shvGet without a name walk that list from its head."""
+        return list(reversed(list(self.shv.items())))
 
     def rotate(self):
         """Make every writer close its files; the next record of each opens new ones.

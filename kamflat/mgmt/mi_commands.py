@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from kamflat import __version__
 from kamflat.mgmt.manage import select_statistics, stat_line
+from kamflat.mgmt.statistics import as_kamailio_33
 from kamflat.proto.mi import Node
 
 log = logging.getLogger("kamflat.proto.mi")
@@ -110,7 +111,7 @@ def cmd_debug(m, args):
 def cmd_get_statistics(m, args):
     if not args:
         return Reply(400, MISSING_PARAMS)
-    stats = m.statistics.snapshot()
+    stats = as_kamailio_33(m.statistics.snapshot())
     nodes = [Node(value=stat_line(s))
              for a in args if a.value for s in select_statistics(stats, a.value)]
     return Reply(200, "OK", tuple(nodes)) if nodes else Reply(404, "Statistics Not Found")
@@ -119,7 +120,7 @@ def cmd_get_statistics(m, args):
 def cmd_reset_statistics(m, args):
     if not args:
         return Reply(400, MISSING_PARAMS)
-    stats = m.statistics.snapshot()
+    stats = as_kamailio_33(m.statistics.snapshot())
     found = False
     for a in args:
         # only plain names: `core:` and `group:name` are not found, as in 3.3
@@ -132,7 +133,7 @@ def cmd_clear_statistics(m, args):
     """Reset and show: `group:name = new (old)`, or `= value` when it did not change."""
     if not args:
         return Reply(400, MISSING_PARAMS)
-    stats = m.statistics.snapshot()
+    stats = as_kamailio_33(m.statistics.snapshot())
     nodes = []
     for a in args:
         if not a.value:
@@ -152,7 +153,7 @@ def shv_node(name, value):
 
 def cmd_shv_get(m, args):
     if not args:
-        return Reply(200, "OK", tuple(shv_node(n, v) for n, v in m.shv.items()))
+        return Reply(200, "OK", tuple(shv_node(n, v) for n, v in m.shv_listing()))
     name = args[0].value
     if not name:
         return Reply(500, "bad shv name")

@@ -188,7 +188,9 @@ class RpcCommands:
     # -- system
 
     def list_methods(self, params):
-        return sorted(self.methods)       # Kamailio 5.6 lists them sorted
+        # core_cmd.c system_listMethods walks rpc_sarray, which rpc_lookup.c keeps
+        # sorted by name
+        return sorted(self.methods)
 
     def method_signature(self, params):
         raise RpcFault(500, "Not Implemented Yet")
@@ -327,8 +329,7 @@ class RpcCommands:
                     "value": shv[n]}
         name = params.string()
         if name is None:
-            # newest first: Kamailio keeps its shared variables in a prepend list
-            return [{"items": Struct(("shv", item(n)) for n in reversed(list(shv)))}]
+            return [{"items": Struct(("shv", item(n)) for n, _ in self.management.shv_listing())}]
         if name not in shv:
             raise RpcFault(404, "Variable not found")
         return [item(name)]

@@ -22,6 +22,7 @@ import stat
 import time
 
 from kamflat.flatstore import connection as flatstore
+from kamflat.mgmt.statistics import startup_statistics
 from kamflat.server.shm import SharedState
 from kamflat.server.writer import Writer, seqpacket_pair
 
@@ -57,6 +58,9 @@ class Arbiter:
         s = self.settings
         self.started = time.time()
         self.state = SharedState()
+        self.debug = s.share_core_values(self.state, *s.log_options)   # core debug, shared
+        for group, name in startup_statistics(s.model):   # listed at 0 from the start
+            self.state.register(group, name)
         self.state.set_process(0, os.getpid(), 0, "attendant")
         self.rotation = flatstore.RotationCounter()
         self.udp_socks = s.open_sip_sockets()
@@ -107,8 +111,8 @@ class Arbiter:
             management = Management(
                 argv=self.argv, processes=self.state.processes, rotate=rotator.rotate,
                 statistics=self.state, stop=lambda: os.kill(master, signal.SIGTERM),
-                started=self.started)
-            management.shv.update(self.settings.cfg.shv)   # pv's shvset initial values
+                started=self.started, debug=self.debug)
+            management.shv.update(self.settings.model.shv)   # pv's shvset initial values
             return mgmtproc.run(self.settings, management, self.ready_w)
         return run
 

@@ -15,6 +15,7 @@ import socket
 import stat
 import time
 
+from kamflat.config.model import parse_ctl_address as parse_address
 from kamflat.proto import binrpc
 from kamflat.server.fifoio import SlowCalls, owner_ids, remove_if, serve_until
 from kamflat.mgmt.rpc_commands import SLOW, Params, RpcCommands, RpcFault
@@ -64,24 +65,6 @@ def answer(packet, commands, defer=None):
         defer(run)
         return None
     return run()
-
-
-def parse_address(address):
-    """("unix"|"unixd"|"tcp"|"udp", target) for a ctl `binrpc` address."""
-    proto, sep, rest = address.partition(":")
-    if not sep or proto not in ("unix", "unixs", "unixd", "tcp", "udp"):
-        if "/" in address:
-            return "unix", address
-        raise ValueError("ctl address %r: expected unix:PATH, unixs:PATH, unixd:PATH, "
-                         "tcp:HOST:PORT or udp:HOST:PORT" % address)
-    if proto in ("unix", "unixs"):
-        return "unix", rest
-    if proto == "unixd":
-        return "unixd", rest
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError("ctl address %r: expected %s:HOST:PORT" % (address, proto))
-    return proto, (host, int(port))
 
 
 class _Client:

@@ -13,35 +13,28 @@ import threading
 log = logging.getLogger("kamflat.management")
 
 
-def build_servers(cfg, management):
-    """The transports the config asks for, built from their modparams."""
+def build_servers(model, management):
+    """The transports the config asks for, from its resolved model (config/model.py)."""
     servers = []
-    if cfg.has_module("mi_fifo") and cfg.param("mi_fifo", "fifo_name"):
+    if model.mi_fifo:
         from kamflat.server.mi_fifo import MIFifoServer
+        fifo = model.mi_fifo
         servers.append(MIFifoServer(
-            cfg.param("mi_fifo", "fifo_name"),
-            fifo_mode=cfg.param("mi_fifo", "fifo_mode"),
-            fifo_user=cfg.param("mi_fifo", "fifo_user"),
-            fifo_group=cfg.param("mi_fifo", "fifo_group"),
-            reply_dir=cfg.param("mi_fifo", "reply_dir"),
-            reply_indent=cfg.param("mi_fifo", "reply_indent"),
-            modules=cfg.modules, management=management))
-    transport = cfg.param("jsonrpcs", "transport") if cfg.has_module("jsonrpcs") else None
-    if transport is not None and (transport == 0 or transport & 2):   # 2: the FIFO transport
+            fifo.path, fifo_mode=fifo.mode, fifo_user=fifo.user, fifo_group=fifo.group,
+            reply_dir=fifo.reply_dir, reply_indent=fifo.options["reply_indent"],
+            modules=model.modules, management=management))
+    if model.jsonrpc_fifo:
         from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer
+        fifo = model.jsonrpc_fifo
         servers.append(JsonRpcFifoServer(
-            cfg.runtime_path(cfg.param("jsonrpcs", "fifo_name")),
-            fifo_mode=cfg.param("jsonrpcs", "fifo_mode"),
-            fifo_user=cfg.param("jsonrpcs", "fifo_user"),
-            fifo_group=cfg.param("jsonrpcs", "fifo_group"),
-            reply_dir=cfg.param("jsonrpcs", "fifo_reply_dir"),
-            management=management, pretty_format=cfg.param("jsonrpcs", "pretty_format")))
-    if cfg.has_module("ctl"):
+            fifo.path, fifo_mode=fifo.mode, fifo_user=fifo.user, fifo_group=fifo.group,
+            reply_dir=fifo.reply_dir, management=management,
+            pretty_format=fifo.options["pretty_format"]))
+    if model.ctl:
         from kamflat.server.ctl import CtlServer
-        for address in cfg.param_values("ctl", "binrpc"):
-            servers.append(CtlServer(address, management=management,
-                                     mode=cfg.param("ctl", "mode"), user=cfg.param("ctl", "user"),
-                                     group=cfg.param("ctl", "group")))
+        for ctl in model.ctl:
+            servers.append(CtlServer(ctl.address, management=management, mode=ctl.mode,
+                                     user=ctl.user, group=ctl.group))
     return servers
 
 
@@ -51,7 +44,7 @@ def run(settings, management, ready_fd):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     opened = []
     try:
-        for server in build_servers(settings.cfg, management):
+        for server in build_servers(settings.model, management):
             server.open()
             opened.append(server)
     except Exception as exc:   # any reason a transport cannot start stops the server

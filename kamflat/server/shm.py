@@ -26,7 +26,8 @@ _BASES = _NAMES + MAX_COUNTERS * NAME_LEN
 _VALUES = _BASES + MAX_COUNTERS * 8
 _PROCS = _VALUES + MAX_PROCS * MAX_COUNTERS * 8
 _PROC = struct.Struct("qq%ds" % DESC_LEN)  # pid, rank, description
-_SIZE = _PROCS + MAX_PROCS * _PROC.size
+_CORE = _PROCS + MAX_PROCS * _PROC.size    # core values: debug, debug given
+_SIZE = _CORE + 2 * 8
 
 
 class SharedState:
@@ -38,6 +39,10 @@ class SharedState:
         self._lock = multiprocessing.Lock()
         self._index = {}   # this process's cache: (group, name) -> counter number
         self.slot = 0      # this process's row; set by the process after fork
+        # Kamailio's core debug value: one for every process, as its cfg framework
+        # makes `cfg.set_now_int core debug` seen by all (see CoreValue).
+        self.debug = CoreValue(self._mem, _CORE)
+        self.debug_given = CoreValue(self._mem, _CORE + 8)
 
     # -- statistics: the interface manage.Statistics has --------------------
     def register(self, group, name):
@@ -100,3 +105,18 @@ class SharedState:
             if pid:
                 table.append(Process(idx, pid, rank, raw.rstrip(b"\0").decode()))
         return table
+
+
+class CoreValue:
+    """One signed word of the shared pages: get() / set(n), seen by every process."""
+
+    _WORD = struct.Struct("q")
+
+    def __init__(self, mem, offset):
+        self._mem, self._offset = mem, offset
+
+    def get(self):
+        return self._WORD.unpack_from(self._mem, self._offset)[0]
+
+    def set(self, value):
+        self._WORD.pack_into(self._mem, self._offset, value)

@@ -13,46 +13,16 @@ import errno
 import selectors
 import socket
 
-DEFAULT_PORT = 5060
+from kamflat.config import model
+from kamflat.config.model import ListenError
+
 MAX_DATAGRAM = 65535
 
 
-class ListenError(ValueError):
-    """A listen= value that cannot be used; the message names it."""
-
-
 def parse_listen(spec):
-    """"udp:ADDR:PORT", "udp:[::1]:PORT", "ADDR:PORT", "ADDR", "udp:*:5060" ->
-    (family, host, port). Only UDP is served."""
-    text = spec.strip()
-    proto, sep, rest = text.partition(":")
-    if sep and proto.lower() in ("udp", "tcp", "tls", "sctp", "ws", "wss"):
-        if proto.lower() != "udp":
-            raise ListenError("listen=%s: only udp is supported by kamflat" % spec)
-        text = rest
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ListenError("listen=%s: bad IPv6 address (expected [ADDR]:PORT)" % spec)
-        port_text = rest[1:] if rest else ""
-        family = socket.AF_INET6
-    else:
-        host, _, port_text = text.partition(":")
-        if ":" in port_text:
-            raise ListenError("listen=%s: put an IPv6 address in brackets: udp:[ADDR]:PORT"
-                              % spec)
-        family = socket.AF_INET
-    if not host:
-        raise ListenError("listen=%s: no address" % spec)
-    if port_text == "":
-        port = DEFAULT_PORT
-    elif port_text.isdigit() and 0 <= int(port_text) <= 65535:
-        port = int(port_text)
-    else:
-        raise ListenError("listen=%s: bad port %r (expected 0..65535)" % (spec, port_text))
-    if host == "*":
-        host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    return family, host, port
+    """listen= value -> (family, host, port); the rule is config.model.parse_listen's."""
+    entry = model.parse_listen(spec)
+    return (socket.AF_INET6 if entry.ipv6 else socket.AF_INET), entry.host, entry.port
 
 
 def open_listen_sockets(listen_list):

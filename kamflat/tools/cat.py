@@ -48,20 +48,14 @@ class Source:
             raise ToolError("%r is not a table name" % self.table)
         acc_tables, extra = reader.ACC_TABLES, []
         if args.config:
-            from kamflat.config.cfg import ConfigError, load_config
+            from kamflat.config.model import ConfigError, load_model
             try:
-                cfg = load_config(args.config)
+                model = load_model(args.config)
             except ConfigError as exc:
                 raise ToolError(str(exc))
-            if not cfg.db_dir:
-                raise ToolError('%s: no flatstore directory (modparam("acc", "db_url", '
-                                '"flatstore:/DIR"))' % args.config)
-            self.directory = cfg.db_dir
-            acc_tables = (cfg.param("acc", "db_table_acc"), cfg.param("acc", "db_table_missed_calls"))
-            try:
-                extra = reader.parse_db_extra(cfg.param("acc", "db_extra"))
-            except ValueError as exc:
-                raise ToolError("%s: acc db_extra: %s" % (args.config, exc))
+            self.directory = model.db_dir
+            acc_tables = (model.acc_table, model.missed_table)
+            extra = model.extra_columns
         else:
             self.directory = args.dir
         if not os.path.isdir(self.directory):

@@ -7,27 +7,19 @@ summary of what kamflat would run goes to stdout. Exit 1: the error, as
 import argparse
 import sys
 
-from kamflat.config.cfg import ConfigError, load_config
+from kamflat.config.cfg import ConfigError
 
 
-def summary(config):
+def summary(model):
     """One line: children, db dir, MI FIFO, JSON-RPC FIFO, ctl socket(s), ingest, flush."""
-    def module_param(module, name):
-        return config.param(module, name) if config.has_module(module) else None
-
-    jsonrpc_fifo = None
-    transport = module_param("jsonrpcs", "transport")
-    if transport is not None and (transport == 0 or transport & 2):
-        jsonrpc_fifo = config.runtime_path(config.param("jsonrpcs", "fifo_name"))
-    ctl = ",".join(config.param_values("ctl", "binrpc")) if config.has_module("ctl") else None
     fields = [
-        ("children", config.children),
-        ("db_dir", config.db_dir),
-        ("mi_fifo", module_param("mi_fifo", "fifo_name")),
-        ("jsonrpc_fifo", jsonrpc_fifo),
-        ("ctl", ctl),
-        ("ingest_socket", config.param("kamflat", "ingest_socket")),
-        ("flush", module_param("db_flatstore", "flush")),
+        ("children", model.children),
+        ("db_dir", model.db_dir),
+        ("mi_fifo", model.mi_fifo and model.mi_fifo.path),
+        ("jsonrpc_fifo", model.jsonrpc_fifo and model.jsonrpc_fifo.path),
+        ("ctl", ",".join(c.address for c in model.ctl)),
+        ("ingest_socket", model.ingest_socket and model.ingest_socket.path),
+        ("flush", int(model.flush) if "db_flatstore" in model.modules else None),
     ]
     return " ".join("%s=%s" % (name, "-" if value in (None, "") else value)
                     for name, value in fields)
@@ -41,15 +33,17 @@ def main(argv):
     parser.add_argument("-A", dest="defines", action="append", default=[],
                         metavar="NAME[=VALUE]", help="#!define NAME before reading (repeatable)")
     args = parser.parse_args(argv)
+    from kamflat.tools.serve import load      # the same reading as `kamflat serve`
     try:
-        config = load_config(args.file, args.defines)
+        settings = load(args.file, args.defines)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    config = settings.cfg
     for warning in config.warnings:
         print("kamflat: warning: %s" % warning, file=sys.stderr)
     notice = config.notice()
     if notice:
         print("kamflat: notice: %s" % notice, file=sys.stderr)
-    print(summary(config))
+    print(summary(settings.model))
     return 0

@@ -31,10 +31,9 @@ def reply_ok(reply):
 
 def fifo_from_config(path):
     """(fifo_name, reply_dir) of the mi_fifo module in a kamflat/Kamailio config."""
-    from kamflat.config.cfg import load_config       # only needed with -f
-    config = load_config(path)
-    return (config.param("mi_fifo", "fifo_name"),
-            config.param("mi_fifo", "reply_dir") or DEFAULT_REPLY_DIR)
+    from kamflat.config.model import load_model       # only needed with -f
+    fifo = load_model(path, serving=False).mi_fifo
+    return (fifo.path, fifo.reply_dir or DEFAULT_REPLY_DIR) if fifo else (None, None)
 
 
 def unreachable_hint(fifo):
@@ -72,7 +71,7 @@ def main(argv):
             print("kamflat fifo: %s" % e, file=sys.stderr)
             return EXIT_USAGE
         if not fifo:
-            print("kamflat fifo: %s sets no modparam(\"mi_fifo\", \"fifo_name\", ...)" % opts.config,
+            print('kamflat fifo: %s does not loadmodule "mi_fifo.so"' % opts.config,
                   file=sys.stderr)
             return EXIT_USAGE
     for i, arg in enumerate([opts.command] + opts.args):

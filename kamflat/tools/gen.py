@@ -289,10 +289,9 @@ def table_names(config):
     """With -f, the config's acc tables (db_table_acc, db_table_missed_calls)."""
     if not config:
         return {}
-    from kamflat.config.cfg import load_config
-    cfg = load_config(config)
-    return {"acc_table": cfg.param("acc", "db_table_acc"),
-            "missed_table": cfg.param("acc", "db_table_missed_calls")}
+    from kamflat.config.model import load_model
+    model = load_model(config, serving=False)
+    return {"acc_table": model.acc_table, "missed_table": model.missed_table}
 
 
 def write_output(run, output):

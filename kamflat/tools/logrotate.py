@@ -72,26 +72,18 @@ def main(argv):
                         help="the kamflat command the policy runs (default: this one, %s)"
                         % own_path())
     args = parser.parse_args(argv)
-    from kamflat.config.cfg import ConfigError, load_config
+    from kamflat.config.model import ConfigError, load_model
     try:
-        config = load_config(args.config, args.defines)
+        model = load_model(args.config, args.defines)
     except (ConfigError, OSError) as exc:
         print("kamflat logrotate: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
-    mi_fifo, rpc_fifo = rotation_fifos(config)
-    rotate = rotate_command(args.kamflat or own_path(), mi_fifo, rpc_fifo)
+    rotate = rotate_command(args.kamflat or own_path(),
+                            model.mi_fifo and model.mi_fifo.path,
+                            model.jsonrpc_fifo and model.jsonrpc_fifo.path)
     if rotate is None:
         print("kamflat logrotate: %s has neither an MI FIFO (mi_fifo) nor a JSON-RPC FIFO "
               "(jsonrpcs): nothing could tell kamflat to rotate" % args.config, file=sys.stderr)
         return EXIT_REFUSED
-    sys.stdout.write(policy(args.config, config.db_dir, rotate))
+    sys.stdout.write(policy(args.config, model.db_dir, rotate))
     return EXIT_OK
-
-
-def rotation_fifos(config):
-    """(MI FIFO, JSON-RPC FIFO) of a loaded config, each None when not configured."""
-    mi_fifo = config.param("mi_fifo", "fifo_name") if config.has_module("mi_fifo") else None
-    rpc_fifo = None
-    if config.has_module("jsonrpcs") and config.param("jsonrpcs", "transport") in (0, 2, 3):
-        rpc_fifo = config.runtime_path(config.param("jsonrpcs", "fifo_name"))
-    return mi_fifo, rpc_fifo

@@ -16,7 +16,6 @@ from kamflat.tools import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, a
 from kamflat.tools.fifoclient import NoReply, ServerUnreachable, exchange
 
 DEFAULT_FIFOS = ("/var/run/kamailio/kamailio_rpc.fifo", "/run/kamailio/kamailio_rpc.fifo")
-RUN_DIR = "/run/kamailio"
 NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 
@@ -43,14 +42,11 @@ def build_request(method, params, reply_name, ident):
 
 def fifo_from_config(path):
     """(server FIFO, reply dir) that a kamflat/Kamailio config sets for jsonrpcs."""
-    from kamflat.config.cfg import load_config    # imported late: only -f needs it
-    config = load_config(path)
-    name = config.param("jsonrpcs", "fifo_name") or "kamailio_rpc.fifo"
-    reply_dir = config.param("jsonrpcs", "fifo_reply_dir") or "/tmp/"
-    if not os.path.isabs(name):       # Kamailio puts a relative fifo_name under run_dir
-        run_dir = getattr(config, "globals", {}).get("run_dir") or RUN_DIR
-        name = os.path.join(str(run_dir), name)
-    return name, reply_dir
+    from kamflat.config.model import ConfigError, load_model   # late: only -f needs it
+    fifo = load_model(path, serving=False).jsonrpc_fifo
+    if fifo is None:
+        raise ConfigError("loads no jsonrpcs with its FIFO transport", path)
+    return fifo.path, fifo.reply_dir
 
 
 def default_fifo():

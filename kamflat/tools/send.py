@@ -24,11 +24,11 @@ def socket_path(args):
     """The ingest socket from --socket, or from the config's kamflat ingest_socket."""
     if args.socket:
         return args.socket
-    from kamflat.config.cfg import load_config
-    path = load_config(args.config).param("kamflat", "ingest_socket")
-    if not path:
+    from kamflat.config.model import load_model
+    place = load_model(args.config, serving=False).ingest_socket
+    if not place:
         raise SendError('%s sets no modparam("kamflat", "ingest_socket", ...)' % args.config)
-    return path
+    return place.path
 
 
 def main(argv):

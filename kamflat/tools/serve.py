@@ -14,36 +14,54 @@ log = logging.getLogger("kamflat")
 
 
 class Settings:
-    """What `kamflat serve` runs, read once from the config."""
+    """What `kamflat serve` runs: the config's resolved Model, in the names the processes use."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.db_dir = cfg.db_dir
-        if not self.db_dir:
-            raise ValueError("%s: no accounting directory: kamflat needs acc loaded with "
-                             "modparam(\"acc\", \"db_url\", \"flatstore:/DIR\")" % cfg.path)
-        self.db_url = "flatstore:" + self.db_dir
-        self.children = cfg.children
+    def __init__(self, model):
+        self.model = model
+        self.cfg = model.config
+        self.log_options = (None, 0)     # serve's --log-level and -d count
+        self.db_dir = model.db_dir
+        self.db_url = model.db_url
+        self.children = model.children
         self.ranks = list(range(1, self.children + 1))
-        self.flush = bool(cfg.param("db_flatstore", "flush"))
-        self.encode_delimiter = bool(cfg.param("db_flatstore", "encode_delimiter"))
-        self.encode_newlines = bool(cfg.param("kamflat", "encode_newlines"))
-        self.rotate_timeout = cfg.param("kamflat", "rotate_timeout") / 1000.0
-        self.ingest_socket = cfg.param("kamflat", "ingest_socket") or None
-        self.listen = list(cfg.listen)
-        self.sip = None
-        if self.listen:
-            # Built (and so checked) here once; every writer gets a copy at fork.
-            from kamflat.acc import logic as acc
-            self.sip = acc.handler_from_config(cfg)
-        if cfg.has_module("mi_fifo"):
+        self.flush = model.flush
+        self.encode_delimiter = model.encode_delimiter
+        self.encode_newlines = model.encode_newlines
+        self.rotate_timeout = model.rotate_timeout
+        self.ingest_socket = model.ingest_socket.path if model.ingest_socket else None
+        self.listen = [entry.spec for entry in model.listen]
+        # Built once here; every writer gets a copy at fork.
+        self.sip = model.sip_handler()
+        if model.mi_fifo:
             self.management_desc = "MI FIFO"
-        elif cfg.has_module("jsonrpcs"):
+        elif model.jsonrpc_fifo:
             self.management_desc = "JSONRPCS FIFO"
-        elif cfg.has_module("ctl"):
+        elif model.ctl:
             self.management_desc = "ctl handler"
         else:
             self.management_desc = "management"
+
+    def share_core_values(self, state, log_level_name=None, more_debug=0):
+        """Put Kamailio's core debug value in the shared pages (state: server/shm.py) and
+        make every process's logging follow it, so MI `debug N` and RPC
+        `cfg.set_now_int core debug N` change the log level of all, as in Kamailio.
+
+        debug= (plus one per -d) is the start value; --log-level, when given, wins and
+        gives the debug value of its level. With neither, kamflat logs at INFO and the
+        debug value is Kamailio's default 0 until a command sets one."""
+        from kamflat.config.model import DEBUG_OF_LEVEL
+        if log_level_name:
+            state.debug.set(DEBUG_OF_LEVEL[log_level_name])
+            state.debug_given.set(1)
+        else:
+            state.debug.set(self.model.debug + more_debug)
+            state.debug_given.set(int(self.model.debug_set or more_debug > 0))
+        root = logging.getLogger()
+        fallback = root.level
+        root.setLevel(logging.DEBUG)
+        for handler in root.handlers:
+            handler.addFilter(_DebugFilter(state, fallback))
+        return SharedDebug(state)
 
     def writer_desc(self, child):
         if self.listen:
@@ -51,8 +69,7 @@ class Settings:
         return "writer child=%d" % child
 
     def sip_socket_names(self):
-        return " ".join(entry.split(":", 1)[1] if entry.startswith("udp:") else entry
-                        for entry in self.listen)
+        return " ".join(entry.name for entry in self.model.listen)
 
     def open_sip_sockets(self):
         if not self.listen:
@@ -73,6 +90,42 @@ class Settings:
             ",".join(self.listen) or "-")
 
 
+class _DebugFilter(logging.Filter):
+    """Lets a record through by the shared debug value (Kamailio's level mapping)."""
+
+    def __init__(self, state, fallback):
+        super().__init__()
+        self.state, self.fallback = state, fallback
+
+    def filter(self, record):
+        from kamflat.config.model import log_level
+        if self.state.debug_given.get():
+            return record.levelno >= log_level(self.state.debug.get())
+        return record.levelno >= self.fallback
+
+
+class SharedDebug:
+    """Management's debug value in serve: the shared one; setting it makes it count."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get(self):
+        return self.state.debug.get()
+
+    def set(self, level):
+        self.state.debug.set(level)
+        self.state.debug_given.set(1)
+
+
+def load(path, defines=()):
+    """Settings of the config at `path`; raises ConfigError (FILE:LINE: message).
+
+    The one way serve and check read a config, so check refuses what serve refuses."""
+    from kamflat.config.model import load_model
+    return Settings(load_model(path, defines))
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="kamflat serve",
                                      description="Run kamflat in the foreground.")
@@ -80,23 +133,32 @@ def parse_args(argv):
                         help="Kamailio-style config file")
     parser.add_argument("-A", dest="defines", action="append", default=[],
                         metavar="NAME[=VALUE]", help="preprocessor define, as kamailio -A")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="wins over the config's debug= (default: by debug=, else INFO)")
+    parser.add_argument("-d", dest="more_debug", action="count", default=0,
+                        help="one more debug level per -d, as kamailio -d")
     return parser.parse_args(argv)
 
 
 def main(argv):
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+    logging.addLevelName(25, "NOTICE")          # Kamailio's L_NOTICE (debug=1)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level or "INFO",
                         format="%(asctime)s kamflat[%(process)d] %(levelname)s: %(message)s")
-    from kamflat.config.cfg import ConfigError, load_config
+    from kamflat.config.cfg import ConfigError
     try:
-        cfg = load_config(args.config, defines=args.defines)
-        settings = Settings(cfg)
-    except (ConfigError, ValueError) as exc:
+        settings = load(args.config, defines=args.defines)
+    except ConfigError as exc:
         print("kamflat: %s" % exc, file=sys.stderr)
         return 1
-    for notice in getattr(cfg, "warnings", []):
+    from kamflat.server.paths import PathInUse, check_free
+    try:
+        check_free(settings.model.places())     # another server's FIFO or socket: stop
+    except PathInUse as exc:
+        print("kamflat: cannot start: %s" % exc, file=sys.stderr)
+        return 1
+    for notice in settings.cfg.warnings:
         log.warning("%s", notice)
     for path in settings.dirs_to_create():
         if not os.path.isdir(path):
@@ -110,6 +172,7 @@ def main(argv):
     log.info("kamflat %s starting with %s", __version__, args.config)
     from kamflat.server.arbiter import Arbiter
     try:
+        settings.log_options = (args.log_level, args.more_debug)
         return Arbiter(settings, [sys.argv[0], "serve", *argv]).run()
     except ValueError as exc:     # a socket that cannot be made: nothing was started
         print("kamflat: cannot start: %s" % exc, file=sys.stderr)
