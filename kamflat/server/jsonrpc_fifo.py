@@ -66,6 +66,8 @@ class ReplyJob:
 class JsonRpcFifoServer:
     """jsonrpcs' FIFO transport: `open()`, `serve(stop_event)`, `close()`."""
 
+    READS_PER_TURN = 16     # then timers and replies get their turn (a flood cannot starve them)
+
     def __init__(self, fifo_name, fifo_mode=0o660, fifo_user=None, fifo_group=None,
                  reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
@@ -134,19 +136,21 @@ class JsonRpcFifoServer:
     # -- reading
 
     def _on_request_bytes(self, fd, mask):
-        while True:
+        # each chunk goes to the stream as it was read, and its events are taken before
+        # the next read: a chunk that starts a new write is a resynchronisation point
+        for _ in range(self.READS_PER_TURN):
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                break
+                return
             if not data:
-                break
+                return
             self._last_rx = time.monotonic()
             self._stream.receive_data(data)
-        while True:
-            event = self._stream.next_event()
-            if event is jsonrpc.NEED_DATA:
-                return
+            self._take_events()
+
+    def _take_events(self):
+        while (event := self._stream.next_event()) is not jsonrpc.NEED_DATA:
             if isinstance(event, jsonrpc.Document):
                 self._on_document(event.data)
             else:
@@ -154,9 +158,8 @@ class JsonRpcFifoServer:
 
     def _check_idle(self):
         if self._stream.pending and time.monotonic() - self._last_rx > self.idle_timeout:
-            event = self._stream.abandon()
-            if event is not None:
-                self._on_rejected(event)
+            self._stream.abandon()
+            self._take_events()
 
     def _on_document(self, data):
         request = jsonrpc.parse_request(data, self.reply_dir)
@@ -176,8 +179,7 @@ class JsonRpcFifoServer:
 
     def _on_rejected(self, event):
         log.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
-        code = -32700 if "garbage" in event.reason else -32600
-        self._error_job(event.reply_name, (code, None), event.id, event.has_id)
+        self._error_job(event.reply_name, (event.code, None), event.id, event.has_id)
 
     def _error_job(self, reply_name, error, ident, has_id):
         """Tell a client its document was refused, if it said where to reply."""
