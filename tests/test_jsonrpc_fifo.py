@@ -71,7 +71,7 @@ def make_management():
     def rotate():
         m.rotations += 1
         return []
-    m._rotate = rotate
+    m.rotate = rotate
     for name in ("rcv_requests", "fwd_requests"):
         m.statistics.register("core", name)
     m.statistics.add("core", "rcv_requests", 3)
@@ -433,7 +433,7 @@ def hang_rotation(management, most=1.0):
         release.wait(most)
         management.rotations += 1
         return []
-    management._rotate = rotate
+    management.rotate = rotate
     return started, release
 
 

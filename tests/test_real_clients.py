@@ -426,7 +426,7 @@ def test_rotation_by_each_client_reopens_the_files(tmp_path, client):
     writer = flatstore.connect("flatstore:%s" % acc, rank=1, rotation=counter)
     writer.use_table("acc")
     management = make_management()
-    management._rotate = lambda: (counter.advance(), [])[1]
+    management.rotate = lambda: (counter.advance(), [])[1]
     fifo = tmp_path / "kamailio_rpc.fifo"
     finish_fifo = serve(JsonRpcFifoServer(str(fifo), management=management))
     ctl = CtlServer("unixs:%s/ctl" % tmp_path, management=management)

@@ -17,7 +17,8 @@ import time
 
 from kamflat.proto import binrpc
 from kamflat.server.fifoio import SlowCalls, owner_ids, remove_if, serve_until
-from kamflat.mgmt.rpc_commands import SLOW, Params, RpcCommands, RpcFault
+from kamflat.mgmt.manage import SLOW
+from kamflat.mgmt.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.server.ctl")
 

@@ -23,7 +23,8 @@ import time
 from kamflat.proto import jsonrpc
 from kamflat.server.fifoio import (ReplyRefused, ServerFifo, SlowCalls, WatchedFifo, open_reply_fifo,
                             serve_until)
-from kamflat.mgmt.rpc_commands import SLOW, Params, RpcCommands, RpcFault
+from kamflat.mgmt.manage import SLOW
+from kamflat.mgmt.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.proto.jsonrpc")
 
@@ -72,8 +73,11 @@ class JsonRpcFifoServer:
                  reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
                  reply_open_wait=0.4, reply_write_timeout=2.0):
         self.fifo_name = fifo_name
+        # a pipe larger than any valid document (8190 bytes and leftover blanks): a read
+        # boundary inside one document written at once never falls where stream rule 4 looks
         self.fifo = WatchedFifo(ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
-                                           fifo_user, fifo_group), log, "jsonrpcs FIFO")
+                                           fifo_user, fifo_group, pipe_size=16384),
+                                log, "jsonrpcs FIFO")
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
