@@ -6,5 +6,5 @@ class _NeedData:
         return "NEED_DATA"
 
 
-# Returned by a reader's next_event()/next_packet() when it needs more bytes first.
+# Returned by a reader's next_event() when it needs more bytes first.
 NEED_DATA = _NeedData()

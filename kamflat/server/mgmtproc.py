@@ -39,9 +39,11 @@ def build_servers(cfg, management):
     if cfg.has_module("ctl"):
         from kamflat.server.ctl import CtlServer
         for address in cfg.param_values("ctl", "binrpc"):
-            servers.append(CtlServer(address, management=management,
-                                     mode=cfg.param("ctl", "mode"), user=cfg.param("ctl", "user"),
-                                     group=cfg.param("ctl", "group")))
+            servers.append(CtlServer(
+                address, management=management, mode=cfg.param("ctl", "mode"),
+                user=cfg.param("ctl", "user"), group=cfg.param("ctl", "group"),
+                max_connections=cfg.param("kamflat", "ctl_max_connections"),
+                idle_timeout=cfg.param("kamflat", "ctl_idle_timeout") / 1000))
     return servers
 
 
