@@ -1,12 +1,14 @@
-"""IO the management servers share: server FIFOs, reply FIFOs, owners, slow calls, the loop.
+"""IO the management servers share: server FIFOs, reply FIFOs, owners, slow calls,
+rate-limited logging, the loop.
 
 The MI FIFO (`mi_fifo.py`) and the JSON-RPC FIFO (`jsonrpc_fifo.py`) follow the
 same rules for both ends of a request, because Kamailio's jsonrpcs copied them
 from mi_fifo: the reply FIFO's name rules are pure and live in `mi.py`
 (`check_reply_name`); opening the reply FIFO safely, making the server FIFO,
 recreating it when someone deletes it while the server runs, and removing it
-again are here. The ctl socket uses the owner lookup, the helper thread for
-slow commands and the loop too.
+again are here. The engine both FIFO servers run on (their loop and reply jobs) is
+`fiforeply.py`. The ctl socket uses the owner lookup, the helper thread for slow
+commands and the loop too.
 """
 import collections
 import errno

@@ -1,4 +1,14 @@
-"""The reply-job engine under both FIFO servers (MI and JSON-RPC).
+"""The engine under both FIFO servers (MI and JSON-RPC): reply jobs and the loop.
+
+`FifoServer` is the loop both servers are: the server FIFO (`fifoio.WatchedFifo`),
+a protocol reader (`receive_data` / `next_event` / `abandon` / `pending`), bounded
+work per loop turn, the idle timeout of half a request, and the reply jobs. A server
+says only how it turns its reader's events into jobs (`on_event`).
+
+Bounded work per turn: at most READS_PER_TURN reads and EVENTS_PER_TURN events, then
+the timers and the replies get their turn; bytes are read only once the reader has
+handed out everything before them, so a flood waits in the pipe (its writer blocks),
+not in memory.
 
 A parsed request becomes a job: its reply FIFO's path, a label for the log (the
 command) and `run`, the function that runs the command and returns the reply bytes.
@@ -33,7 +43,9 @@ import os
 import selectors
 import time
 
-from kamflat.server.fifoio import LogLimiter, ReplyRefused, SlowCalls, open_reply_fifo
+from kamflat.proto.sansio import NEED_DATA
+from kamflat.server.fifoio import (LogLimiter, ReplyRefused, SlowCalls, open_reply_fifo,
+                                   serve_until)
 
 REPLY_OPEN_WAIT = 0.4
 REPLY_WRITE_TIMEOUT = 5.0
@@ -219,3 +231,95 @@ class ReplyJobs:
             self._begin(queue[0], time.monotonic())
         else:
             del self._queues[job.path]
+
+
+class FifoServer:
+    """A FIFO server's loop: `open()`, `serve(stop_event)`, `close()`.
+
+    A subclass sets `what` (its name in log lines) and `log`, builds `self.fifo` (a
+    WatchedFifo) and `self.reader`, calls `FifoServer.__init__` with the timeouts, and
+    implements `on_event(event)`, which mostly calls `self.jobs.submit`.
+    """
+
+    READ_SIZE = 65536
+    READS_PER_TURN = 4
+    EVENTS_PER_TURN = 256
+
+    def __init__(self, *, request_idle_timeout=REQUEST_IDLE_TIMEOUT,
+                 reply_open_wait=REPLY_OPEN_WAIT, reply_write_timeout=REPLY_WRITE_TIMEOUT,
+                 on_drop=None):
+        self.request_idle_timeout = request_idle_timeout
+        self.jobs = ReplyJobs(self.what, self.log, reply_open_wait=reply_open_wait,
+                              reply_write_timeout=reply_write_timeout, on_drop=on_drop)
+        self.limited = self.jobs.log    # one rate limit for every line a client can cause
+        self._sel = None
+        self._last_data = 0.0
+        self._backlog = False       # the reader holds events not handed out yet
+
+    @property
+    def watch(self):
+        """How a deleted FIFO is noticed: "inotify" or "stat" (None before open())."""
+        return self.fifo.watch
+
+    def open_fifo(self):
+        """Create the server FIFO and start the jobs. Raises what WatchedFifo.open raises
+        (the subclass's open() says which server and path)."""
+        self._sel = selectors.DefaultSelector()
+        self.jobs.open(self._sel)
+        try:
+            self.fifo.open(self._sel, self._on_request_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Stop serving: finish slow commands, close everything, remove the FIFO."""
+        self.jobs.close()
+        if self._sel is not None:
+            self.fifo.close()
+            self._sel.close()
+            self._sel = None
+
+    def serve(self, stop_event):
+        """Answer requests until stop_event is set (checked at least every POLL_INTERVAL)."""
+        serve_until(stop_event, self.serve_once, self.log)
+
+    def serve_once(self, timeout):
+        """One loop turn: wait up to `timeout` s for IO, handle it, run the timers."""
+        if self._backlog:
+            self._take_events()     # the events left over from the last turn first
+        wait = 0.0 if self._backlog else self.jobs.next_timeout(timeout)
+        for key, mask in self._sel.select(wait):
+            key.data(key.fd, mask)
+        now = time.monotonic()
+        self.jobs.tick(now)
+        if self.reader.pending and now - self._last_data > self.request_idle_timeout:
+            self.reader.abandon("unfinished request abandoned after %.1f s without data"
+                                % self.request_idle_timeout)
+            self._take_events()
+        self.fifo.tick()
+
+    def _on_request_bytes(self, fd, mask):
+        # each chunk goes to the reader as it was read, and its events are taken before
+        # the next read: both readers treat the start of a write as a resync point
+        for _ in range(self.READS_PER_TURN):
+            if self._backlog:
+                return              # hand out what is parsed before reading more
+            try:
+                data = os.read(fd, self.READ_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self._last_data = time.monotonic()
+            self.reader.receive_data(data)
+            self._take_events()
+
+    def _take_events(self):
+        for _ in range(self.EVENTS_PER_TURN):
+            event = self.reader.next_event()
+            if event is NEED_DATA:
+                self._backlog = False
+                return
+            self.on_event(event)
+        self._backlog = True
