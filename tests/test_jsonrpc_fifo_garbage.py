@@ -42,14 +42,14 @@ SHAPES = {
 }
 
 WRITER = """
-import os, sys
+import os, sys, time
 fd = os.open(sys.argv[1], os.O_WRONLY)
 data = sys.stdin.buffer.read()
 view = memoryview(data)
 while view:
     view = view[os.write(fd, view):]
 if len(sys.argv) > 2:       # stay, holding the FIFO open, until killed
-    sys.stdout.write("written\\n"); sys.stdout.flush(); os.read(0, 1)
+    sys.stdout.write("written\\n"); sys.stdout.flush(); time.sleep(60)
 """
 
 
