@@ -32,7 +32,7 @@ import stat
 import time
 
 from kamflat.proto import binrpc
-from kamflat.server.fifoio import SlowCalls, owner_ids, remove_if, serve_until
+from kamflat.server.fifoio import LogLimiter, SlowCalls, owner_ids, remove_if, serve_until
 from kamflat.mgmt.manage import SLOW
 from kamflat.mgmt.rpc_commands import Params, RpcCommands, RpcFault
 
@@ -138,6 +138,7 @@ class CtlServer:
         self._accepting = True
         self._accept_retry_at = None
         self._slow = None
+        self.limited = LogLimiter(log)      # lines a client can cause, rate-limited
 
     def open(self):
         """Create and bind the socket. Raises OSError naming the address."""
@@ -216,7 +217,9 @@ class CtlServer:
                 self._on_readable(key.data)
             if key.data is not None and mask & selectors.EVENT_WRITE:
                 self._flush(key.data)
-        self._close_idle(time.monotonic())
+        now = time.monotonic()
+        self._close_idle(now)
+        self.limited.tick(now)
 
     # -- the connection budget
 
@@ -247,8 +250,8 @@ class CtlServer:
                 continue
             if now - client.last_active < EVICT_IDLE:
                 return False
-            log.info("ctl: %d connections open on %s (the limit): closing one idle for %.1f s",
-                     len(self._clients), self.address, now - client.last_active)
+            self.limited.log(logging.INFO, "ctl: %d connections open on %s (the limit): "
+                             "closing the one idle longest", len(self._clients), self.address)
             self._disconnect(client)
             return True
         return False
@@ -260,8 +263,8 @@ class CtlServer:
             if client.waiting:
                 self._touch(client, now)
                 continue
-            log.info("ctl: closing a connection on %s idle for %.0f s", self.address,
-                     now - client.last_active)
+            self.limited.log(logging.INFO, "ctl: closing a connection on %s idle for %.0f s",
+                             self.address, self.idle_timeout)
             self._disconnect(client)
         if not self._accepting and self._accept_retry_at is None \
                 and len(self._clients) >= self.connection_cap():
@@ -297,7 +300,7 @@ class CtlServer:
                 return
             except OSError as exc:
                 if exc.errno not in OUT_OF:
-                    log.error("ctl: accept on %s failed: %s", self.address, exc)
+                    self.limited.error("ctl: accept on %s failed: %s", self.address, exc)
                     return
                 # the listener would stay readable and spin the loop: stop accepting,
                 # keep serving the connected clients
@@ -319,7 +322,7 @@ class CtlServer:
         reader.receive_data(data)
         packet = reader.next_event()
         if isinstance(packet, binrpc.StreamError):
-            log.error("ctl: bad datagram from %r: %s", peer, packet.reason)
+            self.limited.error("ctl: bad datagram from %r: %s", peer, packet.reason)
             return
         if packet is binrpc.NEED_DATA:
             log.error("ctl: truncated datagram from %r", peer)
@@ -383,8 +386,8 @@ class CtlServer:
         while not client.closing and not client.waiting:
             packet = client.reader.next_event()
             if isinstance(packet, binrpc.StreamError):
-                log.error("ctl: bad packet on %s: %s; closing the connection", self.address,
-                          packet.reason)
+                self.limited.error("ctl: bad packet on %s: %s; closing the connection",
+                                   self.address, packet.reason)
                 client.out += binrpc.encode_packet(binrpc.FAULT, 0,
                                                    binrpc.encode_fault(400, "bad request: %s"
                                                                        % packet.reason))
