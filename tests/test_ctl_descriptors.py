@@ -168,3 +168,30 @@ def test_cap_closes_the_idlest_connection_to_make_room(tmp_path, serving):
         first.close()
         for sock in others:
             sock.close()
+
+
+def test_a_reply_waits_for_a_free_descriptor(tmp_path, own_fd_limit):
+    """The FIFO servers' share: a reply FIFO that cannot be opened for want of a
+    descriptor (EMFILE) is retried, like one without a reader yet, not dropped."""
+    from test_mi_fifo import Running
+    from kamflat.tools.fifoclient import make_reply_fifo, read_reply
+    srv = Running(tmp_path)
+    reply_path = "/tmp/kfnofd%d" % os.getpid()
+    reply_fd = make_reply_fifo(reply_path)
+    server_fd = os.open(srv.path, os.O_WRONLY)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))   # no open() works
+        os.write(server_fd, b":version:kfnofd%d\n\n" % os.getpid())
+        wait_until(lambda: srv.server.jobs._opening, timeout=5, what="the open to be retried")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))          # a descriptor frees
+        assert read_reply(reply_fd, 5).startswith(b"200 OK\nServer:: ")
+        assert not srv.logged("dropped request")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(server_fd)
+        os.close(reply_fd)
+        os.unlink(reply_path)
+        srv.close()

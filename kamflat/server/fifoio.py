@@ -32,11 +32,16 @@ class ReplyRefused(Exception):
     """The reply FIFO cannot be used: drop the request (the message says why)."""
 
 
+class NoDescriptor(ReplyRefused):
+    """The process is out of descriptors (EMFILE, ENFILE) right now: worth a retry."""
+
+
 def open_reply_fifo(path):
     """Open a reply FIFO O_WRONLY|O_NONBLOCK after Kamailio's security checks.
 
     Returns the fd, or None when it has no reader yet (ENXIO: try again later).
-    Raises ReplyRefused (with Kamailio's wording) when it must not be used. Unlike
+    Raises ReplyRefused (with Kamailio's wording) when it must not be used, and its
+    NoDescriptor when no descriptor is free now (try again later too). Unlike
     Kamailio, which opens first and checks after, this checks with lstat before
     opening, so a regular file or device named by a client is never opened; the
     fstat after opening must then show the same inode, still not hard-linked.
@@ -60,6 +65,8 @@ def open_reply_fifo(path):
             return None
         if e.errno == errno.ELOOP:      # replaced by a symlink since the lstat
             raise ReplyRefused("security: %s is a soft link" % path) from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise NoDescriptor("open error (%s): %s" % (path, e.strerror)) from None
         raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
     fst = os.fstat(fd)
     if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or fst.st_nlink > 1:

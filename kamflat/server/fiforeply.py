@@ -16,8 +16,9 @@ command) and `run`, the function that runs the command and returns the reply byt
 holding up another client:
 
 1. The reply FIFO is opened (`fifoio.open_reply_fifo`: a FIFO, not a symlink, not
-   hard-linked). While it has no reader yet (ENXIO) it is retried every
-   RETRY_INTERVAL for `reply_open_wait` seconds, then the job is dropped. The command
+   hard-linked). While it has no reader yet (ENXIO), or the process has no
+   descriptor free (EMFILE, ENFILE), it is retried every RETRY_INTERVAL for
+   `reply_open_wait` seconds, then the job is dropped. The command
    runs only once its reply FIFO is open, so a command whose client is gone never runs
    (kamctl starts its `cat` just after writing the request: hence the wait).
 2. Then `run()` runs: on a helper thread for the slow commands (a rotation waits for
@@ -44,8 +45,8 @@ import selectors
 import time
 
 from kamflat.proto.sansio import NEED_DATA
-from kamflat.server.fifoio import (LogLimiter, ReplyRefused, SlowCalls, open_reply_fifo,
-                                   serve_until)
+from kamflat.server.fifoio import (LogLimiter, NoDescriptor, ReplyRefused, SlowCalls,
+                                   open_reply_fifo, serve_until)
 
 REPLY_OPEN_WAIT = 0.4
 REPLY_WRITE_TIMEOUT = 5.0
@@ -148,15 +149,18 @@ class ReplyJobs:
         self._try_open(job, now)
 
     def _try_open(self, job, now):
+        waiting_for = "nobody opened it for reading"
         try:
             fd = open_reply_fifo(job.path)
+        except NoDescriptor as busy:        # a descriptor may free up: retried like ENXIO
+            fd, waiting_for = None, str(busy)
         except ReplyRefused as refused:
             self._drop(job, str(refused))
             return
         if fd is None:
             if now >= job.give_up:
-                self._drop(job, "no client at %s (nobody opened it for reading within %.0f ms)"
-                           % (job.path, self.reply_open_wait * 1000))
+                self._drop(job, "no client at %s (%s within %.0f ms)"
+                           % (job.path, waiting_for, self.reply_open_wait * 1000))
             else:
                 job.next_try = now + RETRY_INTERVAL
                 self._opening[job] = None
