@@ -289,3 +289,15 @@ def test_process_names_are_kamailio_56s_over_rpc_and_33s_over_mi():
                                                            "MI FIFO"]
     mi_ps = MICommands(["kex"], m).run("ps")
     assert [dict(node.attrs)["Type"] for node in mi_ps.nodes] == ["attendant", "MI FIFO"]
+
+
+def test_fast_path_gives_what_the_grammar_scan_gives(monkeypatch):
+    """Whole valid documents take C's decoder; everything must come out as the grammar
+    scan alone gives it (every recorded request, the framing and resync tables)."""
+    streams = [[base64.b64decode(c["request_b64"])] for c in CASES]
+    streams += [chunks for _name, chunks, _ in FRAMING]
+    streams += [chunks + [GOOD] for _name, chunks, _ in RESYNC]
+    streams.append([b'{"a": [\n{"b": 1}]}\n{"c": "\\u00fc"}\n{"d": "\xc3\xbc"}\n' + GOOD])
+    fast = [events(*chunks) for chunks in streams]
+    monkeypatch.setattr(FifoStream, "_whole_document", lambda self: False)
+    assert [events(*chunks) for chunks in streams] == fast

@@ -106,6 +106,7 @@ _BRACE_RUN = re.compile(rb"\{(?:[ \t\r\n]*\{)+")
 _SKIP_END = re.compile(rb"[{\n]")
 _IN_STRING = {0x22: re.compile(rb'["\\]|\n\{'), 0x27: re.compile(rb"['\\]|\n\{")}
 _OPEN_CLOSE = {0x7B: 0x7D, 0x5B: 0x5D}       # { } [ ]
+_DECODER = json.JSONDecoder(strict=False)   # srjson takes raw control characters in strings
 
 
 class FifoStream:
@@ -249,12 +250,29 @@ class FifoStream:
             run = _BRACE_RUN.match(buf, self._pos)
             if run:             # `{{{`: all but the last brace are no document (rule 1)
                 self._garbage(buf.rfind(b"{", run.start(), run.end()))
+            elif self._whole_document():
+                return True
             self._open(0x7B)
         elif c == 0x5B:         # a batch: read as a document, rejected whole
             self._open(0x5B)
         else:
             self._drop(self._pos)
             self._mode = SKIP
+        return True
+
+    def _whole_document(self):
+        """The fast path for the usual case, a whole valid document: C's JSON decoder
+        finds its end. Taken only where the grammar scan below would give the very same
+        Document (ASCII, within the limit, no line starting with `{` in it)."""
+        start, limit = self._pos, self.max_document - self._skipped
+        try:
+            text = bytes(self._buf[start:limit + 1]).decode("ascii")
+            end = start + _DECODER.raw_decode(text)[1]
+        except (ValueError, RecursionError):    # UnicodeDecodeError is a ValueError
+            return False
+        if end > limit or self._buf.find(b"\n{", start, end) >= 0:
+            return False
+        self._finish(end)
         return True
 
     def _open(self, bracket):
