@@ -37,7 +37,7 @@ def test_captured_kamcmd_request_and_reply():
     request = b"\xa1\x03\x13" + COOKIE + b"\x91\x11flatstore.rotate\x00"
     reader = binrpc.PacketReader()
     reader.receive_data(request)
-    packet = reader.next_packet()
+    packet = reader.next_event()
     assert packet == Packet(REQUEST, 0x6B8B4567, b"\x91\x11flatstore.rotate\x00")
     assert binrpc.decode_body(packet.body) == ["flatstore.rotate"]
     assert binrpc.encode_packet(REQUEST, 0x6B8B4567, binrpc.encode_body(["flatstore.rotate"])) \
@@ -71,7 +71,7 @@ def test_reader_waits_for_whole_packets_and_splits_glued_ones():
     got = []
     for b in one + two:
         reader.receive_data(bytes([b]))
-        while (packet := reader.next_packet()) is not NEED_DATA:
+        while (packet := reader.next_event()) is not NEED_DATA:
             got.append(packet)
     assert [(p.cookie, binrpc.decode_body(p.body)) for p in got] == [
         (5, ["core.version"]), (6, ["core.ps", 1, "x"])]
@@ -85,8 +85,10 @@ def test_reader_waits_for_whole_packets_and_splits_glued_ones():
 def test_reader_rejects_what_is_not_binrpc(data, message):
     reader = binrpc.PacketReader()
     reader.receive_data(data)
-    with pytest.raises(BinrpcError, match=message):
-        reader.next_packet()
+    error = reader.next_event()
+    assert isinstance(error, binrpc.StreamError) and message in error.reason
+    reader.receive_data(binrpc.encode_packet(REQUEST, 1, b""))
+    assert reader.next_event() == error         # a broken stream stays broken
 
 
 @pytest.mark.parametrize("body,message", [

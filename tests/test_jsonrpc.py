@@ -1,6 +1,7 @@
 """Pure tests of kamflat.proto.jsonrpc: framing, request validation, reply printing."""
 import base64
 import json
+import re
 
 import pytest
 
@@ -50,15 +51,63 @@ FRAMING = [
 ]
 
 
+GOOD = b'{"jsonrpc": "2.0", "method": "core.version", "reply_name": "good", "id": 9}\n'
+# Resynchronisation (kamflat.proto.jsonstream's rules): whatever comes first, the good
+# request that follows is a Document of its own. (name, chunks before GOOD, rejected)
+RESYNC = [
+    ("rule 1: cut after a value, same write", [b'{"reply_name": "dead", "id": 3'], ["dead"]),
+    ("rule 1: cut after a key, same write", [b'{"jsonrpc"'], [None]),
+    ("rule 1: a megabyte of {", [b"{" * (1 << 20)], [None]),
+    ("rule 2: cut inside a string, same write", [b'{"jsonrpc": "2.0", "meth'], [None]),
+    ("rule 2: cut after a backslash", [b'{"reply_name": "dead", "x": "a\\'], ["dead"]),
+    ("rule 4: cut where a value starts, next write", [b'{"reply_name": "dead", "params": ['],
+     ["dead"]),
+    ("rule 4: cut inside a '...' string, next write", [b"{'jsonrpc"], [None]),
+    ("rule 5: trailing comma", [b'{"reply_name": "dead", "id": 16,}'], ["dead"]),
+    ("rule 5: closers", [b"}}}]]]"], [None]),
+    ("rule 6: oversize, cut", [b'{"a": "' + b"y" * 100000], [None]),
+    ("garbage without newline", [b"hello world"], [None]),
+    ("64 KiB of zeros", [b"\0" * 65536], [None]),
+    ("a batch, cut", [b'[{"jsonrpc": "2.0", "reply_name": "dead"'], ["dead"]),
+]
+
+
+@pytest.mark.parametrize("name,chunks,rejected", RESYNC, ids=[r[0] for r in RESYNC])
+def test_resync_garbage_never_reaches_the_next_request(name, chunks, rejected):
+    evs = events(*chunks, GOOD)
+    assert evs[-1] == Document(GOOD.strip())
+    assert [(e.reply_name if isinstance(e, Rejected) else e) for e in evs[:-1]] == rejected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_resync_after_random_bytes(seed):
+    import random
+    garbage = random.Random(seed).randbytes(65536)
+    assert events(garbage, GOOD)[-1] == Document(GOOD.strip())
+
+
+def test_a_megabyte_of_braces_is_one_event_and_linear():
+    stream = FifoStream()
+    for _ in range(16):
+        stream.receive_data(b"{" * 65536)
+        assert stream.next_event() is NEED_DATA
+    assert len(stream._buf) < 2
+    assert len(events(GOOD, stream=stream)) == 2
+
+
 @pytest.mark.parametrize("name,chunks,expected", FRAMING, ids=[f[0] for f in FRAMING])
 def test_framing(name, chunks, expected):
     assert summary(events(*chunks)) == expected
 
 
 def test_framing_byte_by_byte_is_the_same():
+    """Any split gives the same documents, except a write that begins with `{` where a
+    value may start (rule 4: a new client): so no piece here begins with a `{` or blanks."""
     data = b'{"a": "}\\"{"}\n[x]\n{"b": {"c": "\\\\"}}\n'
     whole = summary(events(data))
-    assert summary(events(*[bytes([b]) for b in data])) == whole
+    pieces = re.findall(rb"[^{\s][\s{]*|[\s{]+", data)
+    assert b"".join(pieces) == data and len(pieces) > len(data) // 2
+    assert summary(events(*pieces)) == whole
     assert whole == [b'{"a": "}\\"{"}', ("rejected", None), b'{"b": {"c": "\\\\"}}']
 
 
@@ -106,9 +155,11 @@ def test_abandon_unterminated_document():
     stream = FifoStream()
     events(b'{"jsonrpc": "2.0", "reply_name": "late", "id": "abc"', stream=stream)
     assert stream.pending
-    rejected = stream.abandon()
+    stream.abandon()
+    rejected = stream.next_event()
     assert (rejected.reply_name, rejected.id) == ("late", "abc")
-    assert not stream.pending and stream.abandon() is None
+    stream.abandon()
+    assert not stream.pending and stream.next_event() is NEED_DATA
     assert summary(events(b'{"ok": 1}', stream=stream)) == [b'{"ok": 1}']
 
 
@@ -238,3 +289,15 @@ def test_process_names_are_kamailio_56s_over_rpc_and_33s_over_mi():
                                                            "MI FIFO"]
     mi_ps = MICommands(["kex"], m).run("ps")
     assert [dict(node.attrs)["Type"] for node in mi_ps.nodes] == ["attendant", "MI FIFO"]
+
+
+def test_fast_path_gives_what_the_grammar_scan_gives(monkeypatch):
+    """Whole valid documents take C's decoder; everything must come out as the grammar
+    scan alone gives it (every recorded request, the framing and resync tables)."""
+    streams = [[base64.b64decode(c["request_b64"])] for c in CASES]
+    streams += [chunks for _name, chunks, _ in FRAMING]
+    streams += [chunks + [GOOD] for _name, chunks, _ in RESYNC]
+    streams.append([b'{"a": [\n{"b": 1}]}\n{"c": "\\u00fc"}\n{"d": "\xc3\xbc"}\n' + GOOD])
+    fast = [events(*chunks) for chunks in streams]
+    monkeypatch.setattr(FifoStream, "_whole_document", lambda self: False)
+    assert [events(*chunks) for chunks in streams] == fast

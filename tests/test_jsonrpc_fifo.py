@@ -71,7 +71,7 @@ def make_management():
     def rotate():
         m.rotations += 1
         return []
-    m._rotate = rotate
+    m.rotate = rotate
     for name in ("rcv_requests", "fwd_requests"):
         m.statistics.register("core", name)
     m.statistics.add("core", "rcv_requests", 3)
@@ -293,7 +293,8 @@ def test_reader_that_never_reads_is_given_up(tmp_path, caplog):
         srv.send(request("stats.get_statistics", "kfstuck" + TAG, 1, ["all"]))
         srv.send(request("core.version", "kfother" + TAG, 2))
         assert json.loads(other.read_reply())["id"] == 2
-        wait_until(lambda: "not read in" in caplog.text, timeout=5, what="write give-up")
+        wait_until(lambda: "did not read it within" in caplog.text, timeout=5,
+                   what="write give-up")
         probe(srv)
     finally:
         stuck.close()
@@ -302,14 +303,14 @@ def test_reader_that_never_reads_is_given_up(tmp_path, caplog):
 
 
 def test_unterminated_document_is_abandoned_when_idle(tmp_path, caplog):
-    srv = Server(tmp_path / "rpc.fifo", idle_timeout=0.2)
+    srv = Server(tmp_path / "rpc.fifo", request_idle_timeout=0.2)
     fifo = ReplyFifo("kfidle" + TAG)
     try:
         srv.send(b'{"jsonrpc": "2.0", "method": "core.version", "reply_name": "kfidle'
                  + TAG.encode() + b'", "id": 3')
         reply = json.loads(fifo.read_reply())
         assert (reply["error"]["code"], reply["id"]) == (-32600, 3)
-        assert "unterminated" in caplog.text
+        assert "abandoned after 0.2 s" in caplog.text
         probe(srv)
     finally:
         fifo.close()
@@ -433,7 +434,7 @@ def hang_rotation(management, most=1.0):
         release.wait(most)
         management.rotations += 1
         return []
-    management._rotate = rotate
+    management.rotate = rotate
     return started, release
 
 

@@ -59,7 +59,7 @@ class Running:
             'loadmodule "pv.so"\nmodparam("pv", "shvset", "sv=s:init")\n'
             'modparam("pv", "shvset", "nv=i:1")\n', "kam.cfg").shv)
         self.path = str(tmp_path / "kamailio_fifo")
-        kwargs = {"request_timeout": 0.5, "reply_timeout": 1.0, **kwargs}
+        kwargs = {"request_idle_timeout": 0.5, "reply_write_timeout": 1.0, **kwargs}
         self.server = MIFifoServer(self.path, reply_dir="/tmp/", modules=MODULES,
                                    management=self.management, **kwargs)
         self.records = []
@@ -328,7 +328,7 @@ def test_unfinished_request_is_abandoned_and_does_not_eat_the_next(srv):
         wait_until(lambda: srv.server.parser.pending, timeout=2, what="server read the half line")
         assert max(timed_asks(srv, 1)) < BOUND
         assert srv.logged("request stopped mid-line")
-        # nobody comes after it: abandoned after request_timeout (0.5 s here)
+        # nobody comes after it: abandoned after request_idle_timeout (0.5 s here)
         write_request(srv.path, b":get_statistics:%s_u\nrcv_requests\n" % TAG.encode(), 2)
         wait_until(lambda: srv.logged("abandoned after 0.5 s"), timeout=3)
         assert silent(fd)

@@ -176,7 +176,7 @@ def ctl_reply(sock, reader=None):
     """The next whole binrpc packet from sock, as (type, values). Pass one reader
     for several replies on one connection (a read may bring more than one)."""
     reader = reader or binrpc.PacketReader()
-    while (packet := reader.next_packet()) is binrpc.NEED_DATA:
+    while (packet := reader.next_event()) is binrpc.NEED_DATA:
         data = sock.recv(65536)
         assert data, "connection closed before a whole reply"
         reader.receive_data(data)
@@ -426,7 +426,7 @@ def test_rotation_by_each_client_reopens_the_files(tmp_path, client):
     writer = flatstore.connect("flatstore:%s" % acc, rank=1, rotation=counter)
     writer.use_table("acc")
     management = make_management()
-    management._rotate = lambda: (counter.advance(), [])[1]
+    management.rotate = lambda: (counter.advance(), [])[1]
     fifo = tmp_path / "kamailio_rpc.fifo"
     finish_fifo = serve(JsonRpcFifoServer(str(fifo), management=management))
     ctl = CtlServer("unixs:%s/ctl" % tmp_path, management=management)
@@ -459,7 +459,8 @@ def test_ctl_survives_running_out_of_descriptors(tmp_path, caplog):
     import resource
     import socket
     management = make_management()
-    server = CtlServer("unixs:%s/ctl" % tmp_path, management=management)
+    # no descriptors kept in reserve: this test is about accept() itself failing
+    server = CtlServer("unixs:%s/ctl" % tmp_path, management=management, fd_reserve=0)
     finish = serve(server)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []

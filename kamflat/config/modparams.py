@@ -118,6 +118,8 @@ EMULATED = {
         "acc_methods":                 (STR, "INVITE|BYE", False),
         "sip_missed_calls":            (INT, 1, False),   # accounted >= 300 -> missed_calls
         "sip_server_header":           (STR, None, False),  # None: "kamflat (VERSION)"
+        "ctl_max_connections":         (INT, 256, False),   # open ctl stream connections
+        "ctl_idle_timeout":            (INT, 60000, False),   # ms without a byte: closed
     },
 }
 

@@ -103,8 +103,20 @@ class Value:
         self.value = value
 
 
+# Commands, by their MI and RPC names, that wait for other processes (a rotation waits
+# for every writer): every transport runs them on a helper thread (fifoio.SlowCalls),
+# so they hold up no other client.
+SLOW = frozenset(("flat_rotate", "flatstore.rotate", "flatstore.k_rotate"))
+
+
 class Management:
-    """The server as the management commands see it."""
+    """The server as the management commands see it.
+
+    `rotate()` makes every writer close its files (the next record of each opens new
+    ones) and returns when every writer has closed the files it had open, or when the
+    time limit ran out: a list of error strings, one per writer that did not answer or
+    failed; an empty list means the rotation is complete.
+    """
 
     def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0):
         self.argv = list(argv)
@@ -114,7 +126,7 @@ class Management:
         self.shv = {}               # pv shared variables: name -> int or str
         self.statistics = statistics
         self._processes = processes
-        self._rotate = rotate
+        self.rotate = rotate
         self._stop = stop
 
     @property
@@ -148,15 +160,6 @@ class Management:
         (pv_shv.c) prepends to sh_vars, and MI shv_get (mi_shvar_get) and RPC
         pv.shvGet without a name walk that list from its head."""
         return list(reversed(list(self.shv.items())))
-
-    def rotate(self):
-        """Make every writer close its files; the next record of each opens new ones.
-
-        Returns when every writer has closed the files it had open, or when the time
-        limit ran out. The result is a list of error strings (one per writer that did
-        not answer or failed); an empty list means the rotation is complete.
-        """
-        return list(self._rotate())
 
     def stop(self):
         """Stop the whole server cleanly (MI `kill`)."""

@@ -201,11 +201,6 @@ COMMANDS = {
     "flat_rotate": cmd_flat_rotate,
 }
 
-# Commands that may take a while (they wait for other processes): the server runs
-# them off its event loop so they do not hold up other clients.
-SLOW = frozenset(("flat_rotate",))
-
-
 class MICommands:
     """The MI commands of the loaded modules, bound to one Management."""
 

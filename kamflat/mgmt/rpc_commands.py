@@ -27,11 +27,6 @@ SERVER_VERSION = "kamailio 5.6.3 (%s/%s) " % (platform.machine() or "x86_64", sy
 # core.psa print 5.6's. Any other name is the same in both.
 RPC_PROCESS_NAMES = {"attendant": "main process - attendant"}
 
-# Methods that may take a while (a rotation waits for every writer): the servers run
-# them on a helper thread (fifoio.SlowCalls) so they do not hold up other clients.
-SLOW = frozenset(("flatstore.rotate", "flatstore.k_rotate"))
-
-
 class RpcFault(Exception):
     """An RPC error reply: rpc->fault(code, message)."""
 

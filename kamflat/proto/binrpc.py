@@ -75,18 +75,37 @@ def parse_header(buf):
     return ptype, body_len, cookie, end
 
 
+@dataclass(frozen=True)
+class StreamError:
+    """The bytes are not binrpc (`reason` says what): the stream cannot be resynced,
+    so the connection must go. The reader gives this event from then on."""
+    reason: str
+
+
 class PacketReader:
-    """Cuts a stream into Packets: `receive_data(bytes)`, then `next_packet()`
-    until it returns NEED_DATA. A BinrpcError means the stream is unusable."""
+    """Cuts a stream into Packets: `receive_data(bytes)`, then `next_event()` until
+    it returns NEED_DATA. Errors are events (StreamError), as in the MI and JSON-RPC
+    readers."""
 
     def __init__(self, max_body=MAX_BODY):
         self._buf = bytearray()
         self.max_body = max_body
+        self._error = None
 
     def receive_data(self, data):
         self._buf += data
 
-    def next_packet(self):
+    def next_event(self):
+        """The next Packet, a StreamError, or NEED_DATA."""
+        if self._error is None:
+            try:
+                return self._next_packet()
+            except BinrpcError as exc:
+                self._error = StreamError(str(exc))
+                self._buf.clear()
+        return self._error
+
+    def _next_packet(self):
         header = parse_header(self._buf)
         if header is None:
             return NEED_DATA

@@ -1,6 +1,7 @@
 """The classic MI FIFO protocol (Kamailio 3.3 mi_fifo), sans-IO.
 
-Bytes in, events out (`MIParser`); reply trees in, bytes out (`encode_reply`).
+Bytes in, events out (`MIParser`: `receive_data(bytes)`, then `next_event()` until
+NEED_DATA; errors are events); reply trees in, bytes out (`encode_reply`).
 Nothing here touches files, FIFOs or clocks: `mi_fifo.py` does the IO.
 
 Grammar, as observed on a real 3.3.7 (spec/kamailio-3.3-observed.md, section 2)::
@@ -23,7 +24,7 @@ parser resyncs instead, by these rules:
    unfinished request before it is abandoned (a ProtocolDrop event) and never
    run. No real argument looks like that; a client that never wrote its end
    line is the only way to get there.
-4. A chunk passed to `feed()` that begins with `:<known command>:` while the
+4. A chunk passed to `receive_data()` that begins with `:<known command>:` while the
    buffer holds half a line also abandons that half line and its request:
    clients write a whole request with one write(), so the half line belongs to
    a client that stopped mid-line.
@@ -154,26 +155,24 @@ class MIParser:
         """True while a request (or part of a line) is unfinished."""
         return bool(self._buf) or self._state != _FIRST
 
-    def feed(self, data):
-        """Add bytes read from the FIFO. Call `next_event()` until NEED_DATA after each feed."""
+    def receive_data(self, data):
+        """Add one chunk as it was read from the FIFO (rule 4 needs the chunks as they
+        came); then call `next_event()` until NEED_DATA. b"" does nothing."""
         if not data:
             return
         half_line = self._state == _SKIP_LINE or (self._buf and b"\n" not in self._buf)
         if half_line and self._starts_request(data):
-            self._queued.extend(self.abandon("request stopped mid-line; the next request began"))
+            self.abandon("request stopped mid-line; the next request began")
         self._buf += data
 
     def abandon(self, reason="unfinished request abandoned"):
-        """Drop whatever is unfinished, buffered half line included.
-
-        Returns the events that report it (none if nothing was pending).
-        """
+        """Drop whatever is unfinished, buffered half line included; the events that
+        report it (none if nothing was pending) come out of `next_event()`."""
         was_first = self._state == _FIRST
-        events = self._drop_current(reason)
+        self._queued.extend(self._drop_current(reason))
         if was_first and self._buf.strip(_WS):
-            events.append(ProtocolDrop(reason, text(bytes(self._buf[:200]))))
+            self._queued.append(ProtocolDrop(reason, text(bytes(self._buf[:200]))))
         self._buf.clear()
-        return events
 
     def _drop_current(self, reason):
         """Forget the current request; a ProtocolDrop if it was a live one."""

@@ -1,15 +1,18 @@
-"""IO the management servers share: server FIFOs, reply FIFOs, owners, slow calls, the loop.
+"""IO the management servers share: server FIFOs, reply FIFOs, owners, slow calls,
+rate-limited logging, the loop.
 
 The MI FIFO (`mi_fifo.py`) and the JSON-RPC FIFO (`jsonrpc_fifo.py`) follow the
 same rules for both ends of a request, because Kamailio's jsonrpcs copied them
 from mi_fifo: the reply FIFO's name rules are pure and live in `mi.py`
 (`check_reply_name`); opening the reply FIFO safely, making the server FIFO,
 recreating it when someone deletes it while the server runs, and removing it
-again are here. The ctl socket uses the owner lookup, the helper thread for
-slow commands and the loop too.
+again are here. The engine both FIFO servers run on (their loop and reply jobs) is
+`fiforeply.py`. The ctl socket uses the owner lookup, the helper thread for slow
+commands and the loop too.
 """
 import collections
 import errno
+import fcntl
 import grp
 import logging
 import os
@@ -22,17 +25,23 @@ from concurrent.futures import ThreadPoolExecutor
 log = logging.getLogger("kamflat.server.fifoio")
 
 POLL_INTERVAL = 0.05
+PIPE_SIZE = 4096
 
 
 class ReplyRefused(Exception):
     """The reply FIFO cannot be used: drop the request (the message says why)."""
 
 
+class NoDescriptor(ReplyRefused):
+    """The process is out of descriptors (EMFILE, ENFILE) right now: worth a retry."""
+
+
 def open_reply_fifo(path):
     """Open a reply FIFO O_WRONLY|O_NONBLOCK after Kamailio's security checks.
 
     Returns the fd, or None when it has no reader yet (ENXIO: try again later).
-    Raises ReplyRefused (with Kamailio's wording) when it must not be used. Unlike
+    Raises ReplyRefused (with Kamailio's wording) when it must not be used, and its
+    NoDescriptor when no descriptor is free now (try again later too). Unlike
     Kamailio, which opens first and checks after, this checks with lstat before
     opening, so a regular file or device named by a client is never opened; the
     fstat after opening must then show the same inode, still not hard-linked.
@@ -56,6 +65,8 @@ def open_reply_fifo(path):
             return None
         if e.errno == errno.ELOOP:      # replaced by a symlink since the lstat
             raise ReplyRefused("security: %s is a soft link" % path) from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise NoDescriptor("open error (%s): %s" % (path, e.strerror)) from None
         raise ReplyRefused("open error (%s): %s" % (path, e.strerror)) from None
     fst = os.fstat(fd)
     if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or fst.st_nlink > 1:
@@ -71,10 +82,16 @@ class ServerFifo:
     renames it over whatever is at `path` (a stale FIFO or file: Kamailio replaces
     it too), so no client ever finds the FIFO without its reader. `remove()` unlinks
     it only while it is still the one created here.
+
+    Its pipe buffer is made small (`pipe_size`, PIPE_SIZE: one page, which still
+    takes any request of up to PIPE_BUF bytes in one atomic write): when one client
+    floods the FIFO, a request another client has written waits behind at most that
+    many bytes of the flood, instead of the default 64 KiB.
     """
 
-    def __init__(self, path, mode=0o660, user=None, group=None):
+    def __init__(self, path, mode=0o660, user=None, group=None, pipe_size=PIPE_SIZE):
         self.path = path
+        self.pipe_size = pipe_size
         self.mode = mode
         self.user = user
         self.group = group
@@ -93,6 +110,8 @@ class ServerFifo:
                 os.unlink(tmp)
             os.mkfifo(tmp, 0o600)
             fd = os.open(tmp, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            if self.pipe_size:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, self.pipe_size)
             os.chmod(tmp, self.mode)
             uid, gid = owner_ids(self.user, self.group)
             if uid != -1 or gid != -1:
@@ -286,6 +305,56 @@ class SlowCalls:
         for fd in (self.wake_fd, self._wake_w):
             os.close(fd)
         return left
+
+
+class LogLimiter:
+    """Log lines that clients can cause, rate-limited: one line per bad request would
+    let one client flood the log and slow the loop down for every other client.
+
+    Per kind of line (its format string) and per INTERVAL: the same line (same
+    arguments) is logged once, and at most BURST different ones; the rest are counted,
+    and when the interval is over the last of them is logged with
+    "(N more like this)". `tick(now)` on every loop turn says when.
+    """
+
+    INTERVAL = 1.0
+    BURST = 10
+
+    def __init__(self, logger):
+        self._log = logger
+        self._kinds = {}            # format -> [interval end, lines logged, held, last held]
+
+    def warning(self, fmt, *args):
+        self.log(logging.WARNING, fmt, *args)
+
+    def error(self, fmt, *args):
+        self.log(logging.ERROR, fmt, *args)
+
+    def log(self, level, fmt, *args):
+        now = time.monotonic()
+        kind = self._kinds.get(fmt)
+        if kind is not None and now >= kind[0]:
+            self._release(fmt, kind)
+            kind = None
+        if kind is None:
+            kind = self._kinds[fmt] = [now + self.INTERVAL, set(), 0, None]
+        if args in kind[1] or len(kind[1]) >= self.BURST:
+            kind[2] += 1
+            kind[3] = (level, args)
+            return
+        kind[1].add(args)
+        self._log.log(level, fmt, *args)
+
+    def tick(self, now):
+        for fmt, kind in list(self._kinds.items()):
+            if now >= kind[0]:
+                self._release(fmt, kind)
+
+    def _release(self, fmt, kind):
+        del self._kinds[fmt]
+        if kind[2]:
+            level, args = kind[3]
+            self._log.log(level, fmt + " (%d more like this)", *args, kind[2])
 
 
 def owner_ids(user, group):

@@ -1,31 +1,33 @@
 """The JSON-RPC FIFO server (Kamailio's jsonrpcs FIFO transport): IO around jsonrpc.py.
 
-One non-blocking loop reads the server FIFO (opened O_RDWR so it never sees EOF),
-cuts the stream into documents (`jsonrpc.FifoStream`) and turns each valid request
-into a reply job. A job first opens the client's reply FIFO (O_WRONLY|O_NONBLOCK,
-must be a FIFO, not a symlink, not hard-linked), retrying for up to
-`reply_open_wait` seconds while no reader has it open yet (kamctl starts its `cat`
-after writing the request). Only then does the command run, so a request whose
-reply FIFO never opens does not run at all; a slow one (a rotation) runs on a
-helper thread meanwhile. The reply is written without blocking;
-a reader that stops reading is given up after `reply_write_timeout`. Jobs wait
-side by side, so a slow or absent client never holds up another. If the server
-FIFO is deleted or renamed away, it is recreated at once, as the MI FIFO's is
-(`fifoio.WatchedFifo`; Kamailio's jsonrpcs creates it only at startup).
+The loop, the reply jobs and their timeouts are `fiforeply.py`'s, shared with the MI
+FIFO: one non-blocking loop reads the server FIFO (opened O_RDWR so it never sees
+EOF), cuts the stream into documents (`jsonrpc.FifoStream`, whose docstring has the
+resynchronisation rules) and turns each valid request into a reply job. A job first
+opens the client's reply FIFO, retrying for up to `reply_open_wait` seconds while no
+reader has it open yet (kamctl starts its `cat` after writing the request); only
+then does the command run, so a request whose reply FIFO never opens does not run at
+all; a slow one (a rotation) runs on a helper thread meanwhile. A reader that stops
+reading is given up after `reply_write_timeout`. A rejected document whose
+`reply_name` could be recovered gets an error reply. If the server FIFO is deleted or
+renamed away, it is recreated at once, as the MI FIFO's is (`fifoio.WatchedFifo`;
+Kamailio's jsonrpcs creates it only at startup).
 """
 import errno
 import logging
 import os
-import selectors
 import stat
-import time
 
 from kamflat.proto import jsonrpc
-from kamflat.server.fifoio import (ReplyRefused, ServerFifo, SlowCalls, WatchedFifo, open_reply_fifo,
-                            serve_until)
-from kamflat.mgmt.rpc_commands import SLOW, Params, RpcCommands, RpcFault
+from kamflat.server.fifoio import ServerFifo, WatchedFifo
+from kamflat.server.fiforeply import FifoServer
+from kamflat.mgmt.manage import SLOW
+from kamflat.mgmt.rpc_commands import Params, RpcCommands, RpcFault
 
 log = logging.getLogger("kamflat.proto.jsonrpc")
+# a pipe larger than any valid document (8190 bytes and leftover blanks): a read
+# boundary inside one document written at once never falls where stream rule 4 looks
+PIPE_SIZE = 16384
 
 
 def answer(request, commands, formatted=True):
@@ -50,41 +52,24 @@ def answer(request, commands, formatted=True):
     return jsonrpc.encode_reply(result=reply.json_result(), **ident), None
 
 
-class ReplyJob:
-    """One reply on its way to /reply_dir/reply_name."""
+class JsonRpcFifoServer(FifoServer):
+    """jsonrpcs' FIFO transport: `open()`, `serve(stop_event)`, `close()`; the timeouts
+    are FifoServer's."""
 
-    def __init__(self, path, run, started, slow=False):
-        self.path = path
-        self.run = run            # () -> bytes: runs the command once the FIFO is open
-        self.slow = slow          # run it on the helper thread
-        self.started = started
-        self.fd = None
-        self.data = None          # the reply, once the command has run
-        self.give_up_at = None
-
-
-class JsonRpcFifoServer:
-    """jsonrpcs' FIFO transport: `open()`, `serve(stop_event)`, `close()`."""
+    what = "jsonrpc fifo"
+    log = log
 
     def __init__(self, fifo_name, fifo_mode=0o660, fifo_user=None, fifo_group=None,
-                 reply_dir="/tmp/", management=None, *, pretty_format=1, idle_timeout=1.0,
-                 reply_open_wait=0.4, reply_write_timeout=2.0):
+                 reply_dir="/tmp/", management=None, *, pretty_format=1, **timeouts):
         self.fifo_name = fifo_name
         self.fifo = WatchedFifo(ServerFifo(fifo_name, 0o660 if fifo_mode is None else fifo_mode,
-                                           fifo_user, fifo_group), log, "jsonrpcs FIFO")
+                                           fifo_user, fifo_group, pipe_size=PIPE_SIZE),
+                                log, "jsonrpcs FIFO")
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
         self.commands = RpcCommands(management)
-        self.idle_timeout = idle_timeout
-        self.reply_open_wait = reply_open_wait
-        self.reply_write_timeout = reply_write_timeout
-        self._stream = jsonrpc.FifoStream()
-        self._last_rx = time.monotonic()
-        self._jobs = []
-        self._selector = None
-        self._slow = None
-
-    # -- lifecycle
+        self.reader = jsonrpc.FifoStream()
+        super().__init__(**timeouts)
 
     def open(self):
         """Create the server FIFO and open it. Raises OSError naming the path."""
@@ -95,73 +80,23 @@ class JsonRpcFifoServer:
             st = None
         if st is not None and not stat.S_ISFIFO(st.st_mode):
             raise OSError(errno.EEXIST, "jsonrpcs fifo_name %s exists and is not a FIFO" % path)
-        self._selector = selectors.DefaultSelector()
         try:
             # a stale FIFO of a previous run is replaced, as Kamailio does
-            self.fifo.open(self._selector, self._on_request_bytes)
+            self.open_fifo()
         except (OSError, KeyError) as exc:
-            self._selector.close()
-            self._selector = None
             raise OSError("cannot create jsonrpcs FIFO %s: %s" % (path, exc)) from exc
-        self._slow = SlowCalls("jsonrpc-slow")
-        self._selector.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_slow_done)
 
-    def close(self):
-        """Stop serving: close every descriptor and remove the server FIFO."""
-        if self._slow is not None:
-            self._slow.close()      # waits for a running rotation; its reply is dropped
-            self._slow = None
-        for job in self._jobs:
-            self._close_job(job)
-        self._jobs = []
-        if self._selector is not None:
-            self.fifo.close()
-            self._selector.close()
-            self._selector = None
-
-    def serve(self, stop_event):
-        """Answer requests until `stop_event` is set (checked at least every 50 ms)."""
-        serve_until(stop_event, self.serve_once, log)
-
-    def serve_once(self, timeout):
-        """One turn of the loop: wait up to `timeout` s for IO, then do what is due."""
-        for key, mask in self._selector.select(self._wait_time(timeout)):
-            key.data(key.fd, mask)
-        self._check_idle()
-        self._advance_jobs()
-        self.fifo.tick()
-
-    # -- reading
-
-    def _on_request_bytes(self, fd, mask):
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            self._last_rx = time.monotonic()
-            self._stream.receive_data(data)
-        while True:
-            event = self._stream.next_event()
-            if event is jsonrpc.NEED_DATA:
-                return
-            if isinstance(event, jsonrpc.Document):
-                self._on_document(event.data)
-            else:
-                self._on_rejected(event)
-
-    def _check_idle(self):
-        if self._stream.pending and time.monotonic() - self._last_rx > self.idle_timeout:
-            event = self._stream.abandon()
-            if event is not None:
-                self._on_rejected(event)
+    def on_event(self, event):
+        if isinstance(event, jsonrpc.Document):
+            self._on_document(event.data)
+        else:
+            self.limited.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
+            self._error_job(event.reply_name, (event.code, None), event.id, event.has_id)
 
     def _on_document(self, data):
         request = jsonrpc.parse_request(data, self.reply_dir)
         if isinstance(request, jsonrpc.Invalid):
-            log.error("jsonrpc fifo: %s: %s", request.reason, _excerpt(data))
+            self.limited.error("jsonrpc fifo: %s: %s", request.reason, _excerpt(data))
             if request.error is not None:
                 self._error_job(request.reply_name, request.error, request.id, request.has_id)
             return
@@ -169,15 +104,10 @@ class JsonRpcFifoServer:
         def run():
             reply, problem = answer(request, self.commands, self.formatted)
             if problem:
-                log.error("jsonrpc fifo: %s", problem)
+                self.limited.error("jsonrpc fifo: %s", problem)
             return reply
 
-        self._add_job(request.reply_name, run, slow=request.method in SLOW)
-
-    def _on_rejected(self, event):
-        log.error("jsonrpc fifo: %s: %s", event.reason, _excerpt(event.head))
-        code = -32700 if "garbage" in event.reason else -32600
-        self._error_job(event.reply_name, (code, None), event.id, event.has_id)
+        self._submit(request.reply_name, request.method, run, slow=request.method in SLOW)
 
     def _error_job(self, reply_name, error, ident, has_id):
         """Tell a client its document was refused, if it said where to reply."""
@@ -188,85 +118,10 @@ class JsonRpcFifoServer:
         reply = jsonrpc.encode_reply(error=jsonrpc.error_object(*error),
                                      id=jsonrpc.reply_id(ident), has_id=has_id,
                                      formatted=self.formatted)
-        self._add_job(reply_name, lambda: reply)
+        self._submit(reply_name, "error reply", lambda: reply)
 
-    # -- replying
-
-    def _add_job(self, reply_name, run, slow=False):
-        self._jobs.append(ReplyJob(os.path.join(self.reply_dir, reply_name), run,
-                                   time.monotonic(), slow))
-
-    def _wait_time(self, timeout):
-        if self._jobs:
-            return min(timeout, 0.01)     # a reply FIFO to open or write soon
-        return timeout
-
-    def _advance_jobs(self):
-        busy = set()                      # replies to one FIFO go out one after another
-        for job in list(self._jobs):
-            if job.path in busy:
-                continue
-            if job.fd is None:
-                self._open_reply(job)
-            if job.data is not None:
-                self._write_reply(job)
-            if job in self._jobs:
-                busy.add(job.path)
-
-    def _open_reply(self, job):
-        """Try to open the job's reply FIFO; once it is open, run the command (a slow
-        one on the helper thread). If it cannot be opened yet the job stays, to be
-        retried; if it must not be, the job is dropped."""
-        try:
-            fd = open_reply_fifo(job.path)
-        except ReplyRefused as refused:
-            self._drop(job, str(refused))
-            return
-        if fd is None:                    # no reader yet
-            if time.monotonic() - job.started >= self.reply_open_wait:
-                self._drop(job, "no client at %s" % job.path)
-            return
-        job.fd = fd
-        if job.slow:
-            self._slow.submit(job, job.run)
-        else:
-            self._set_reply(job, job.run())
-
-    def _on_slow_done(self, fd, mask):
-        for job, reply in self._slow.finished():
-            if job in self._jobs:
-                self._set_reply(job, reply if reply is not None else b"")
-
-    def _set_reply(self, job, reply):
-        job.data = reply
-        job.give_up_at = time.monotonic() + self.reply_write_timeout
-
-    def _write_reply(self, job):
-        while job.data:
-            try:
-                n = os.write(job.fd, job.data)
-            except BlockingIOError:
-                if time.monotonic() > job.give_up_at:
-                    self._drop(job, "reply to %s not read in %.1fs, given up"
-                               % (job.path, self.reply_write_timeout))
-                return
-            except OSError as exc:
-                self._drop(job, "failed to write the reply to %s: %s" % (job.path, exc.strerror))
-                return
-            job.data = job.data[n:]
-        self._close_job(job)
-        self._jobs.remove(job)
-
-    def _drop(self, job, why):
-        log.error("jsonrpc fifo: cannot reply: %s", why)
-        self._close_job(job)
-        self._jobs.remove(job)
-
-    @staticmethod
-    def _close_job(job):
-        if job.fd is not None:
-            os.close(job.fd)
-            job.fd = None
+    def _submit(self, reply_name, label, run, slow=False):
+        self.jobs.submit(os.path.join(self.reply_dir, reply_name), label, run, slow)
 
 
 def _excerpt(data, limit=120):

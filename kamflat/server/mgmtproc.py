@@ -33,18 +33,36 @@ def build_servers(model, management):
     if model.ctl:
         from kamflat.server.ctl import CtlServer
         for ctl in model.ctl:
-            servers.append(CtlServer(ctl.address, management=management, mode=ctl.mode,
-                                     user=ctl.user, group=ctl.group))
+            servers.append(CtlServer(
+                ctl.address, management=management, mode=ctl.mode, user=ctl.user,
+                group=ctl.group,
+                max_connections=model.config.param("kamflat", "ctl_max_connections"),
+                idle_timeout=model.config.param("kamflat", "ctl_idle_timeout") / 1000))
     return servers
 
 
 def run(settings, management, ready_fd):
+    """The management process's main: serve the configured transports until SIGTERM."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        servers = build_servers(settings.model, management)
+    except Exception as exc:   # any reason a transport cannot start stops the server
+        os.write(ready_fd, ("error: %s" % exc).encode())
+        return 1
+    return serve_all(servers, stop, ready_fd)
+
+
+def serve_all(servers, stop, ready_fd, check_every=1.0):
+    """Open every server, then say so on `ready_fd` ("ok", or "error: why" when one
+    could not open: the others are closed again); serve each in a thread of its own
+    until `stop` is set or one of them stops by itself (checked every `check_every`
+    s); close them all. Returns the exit status: 0, or 1 when a server could not
+    open or stopped unexpectedly (the master then restarts this process)."""
     opened = []
     try:
-        for server in build_servers(settings.model, management):
+        for server in servers:
             server.open()
             opened.append(server)
     except Exception as exc:   # any reason a transport cannot start stops the server
@@ -58,7 +76,7 @@ def run(settings, management, ready_fd):
     for thread in threads:
         thread.start()
     crashed = False
-    while not stop.wait(1.0):
+    while not stop.wait(check_every):
         if not all(t.is_alive() for t in threads):
             log.error("a management transport stopped unexpectedly; restarting the process")
             crashed = True
