@@ -4,6 +4,7 @@ reach into the process layer or the tools, and no two modules import each other 
 Each import runs in a fresh interpreter, since this test process has loaded everything.
 """
 import ast
+import re
 import json
 import pathlib
 import subprocess
@@ -85,3 +86,12 @@ def test_no_import_cycles():
         if module not in done:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_module_map_names_every_module_and_no_other():
+    """docs/contributing.md's module map lists each module once, as it is on disk."""
+    text = (PACKAGE.parent / "docs" / "contributing.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_/]+\.py)` \|", text, re.M))
+    on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" or p.parent == PACKAGE}
+    assert sorted(on_disk - listed) == [] and sorted(listed - on_disk) == []
