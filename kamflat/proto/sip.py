@@ -64,6 +64,7 @@ class Request:
     method: str
     uri: str
     headers: list
+    first: dict                    # key -> the first Header with that key
     to: object                     # NameAddr, parsed at once as Kamailio does
     call_id: str
     cseq_num: str
@@ -74,130 +75,131 @@ class Request:
 
     def header(self, key):
         """The first header whose key (see header_key) is `key`, else None."""
-        for h in self.headers:
-            if h.key == key:
-                return h
-        return None
+        return self.first.get(key)
 
     def from_addr(self):
         """The parsed From (NameAddr). Raises SipError('bad_from') if Kamailio's parser
         would reject it."""
         if self._from is None:
-            h = self.header("from")
             try:
-                self._from = parse_name_addr(h.value)
+                self._from = parse_name_addr(self.first["from"].value)
             except AddrError as e:
                 raise SipError("bad_from", "bad From header: %s" % e) from None
         return self._from
 
 
+# Every regex here runs in time linear in its input whatever the input (possessive
+# quantifiers, no two ways to match the same text): a datagram is up to 64 KiB and
+# parsing it must not stall a writer (tests/test_sip_linear.py).
 _LWS = " \t"
-_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+_BLANKS = " \t\r\n"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]++\Z")
 _VERSION = "SIP/2.0"
 # Kamailio's parse_cseq(): two white-space separated tokens, the number not checked.
-_CSEQ_RE = re.compile(r"([^ \t\r\n]+)[ \t]+([^ \t\r\n]+)\Z")
+_CSEQ_RE = re.compile(r"([^ \t\r\n]++)[ \t]++([^ \t\r\n]++)\Z")
 _VIA_RE = re.compile(
-    r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t\r\n]+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
-    r"((?:;[^;, \t\r\n]*[ \t\r\n]*)*)")                      # ;params
+    r"SIP[ \t]*+/[ \t]*+2\.0[ \t]*+/[ \t]*+[A-Za-z]++[ \t\r\n]++"
+    r"(\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9._-]++)(?:[ \t]*+:[ \t]*+([0-9]{1,5}+))?+[ \t]*+"
+    r"((?:;[^;, \t\r\n]*+[ \t\r\n]*+)*+)")                      # ;params
+# One header line (with its continuation lines): its whole text, the name as written,
+# the ':' ("" on a line without one) and the value after ':' and blanks. It matches at
+# every line start, so findall() walks the block line by line and never rescans.
+_HEADER_RE = re.compile(r"(([^:\n]*+)(:?)[ \t]*+([^\n]*+(?:\n[ \t][^\n]*+)*+)\n)")
+# Folding right after the ':' (Kamailio skips it): "\r\n " then blanks, repeated.
+_LEADING_FOLDS = re.compile(r"(?:(?=\r?\n[ \t])[\r\n]*+[ \t]*+)*+")
+_REQUIRED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"),
+             ("cseq", "CSeq"))
 
 
 def parse_request(data):
     """Parse one datagram into a Request, or raise SipError(reason, message)."""
-    text = data.decode("utf-8", "surrogateescape")
-    start = 0
-    n = len(text)
-    while start < n and text[start] in "\r\n\0 \t":
-        start += 1
-    eol = text.find("\n", start)
+    text = data.decode("utf-8", "surrogateescape").lstrip("\r\n\0 \t")
+    eol = text.find("\n")
     if eol < 0:
         raise SipError("bad_first_line", "no complete first line")
-    first = text[start:eol].rstrip("\r")
+    first = text[:eol].rstrip("\r")
     if first.startswith("SIP/"):
         raise SipError("response", "a SIP response, not a request: %r" % first[:60])
     parts = first.split(" ")
     if len(parts) != 3 or not parts[1] or not _TOKEN_RE.match(parts[0]) \
             or parts[2].upper() != _VERSION:
         raise SipError("bad_first_line", "bad request line %r" % first[:80])
-    method, uri = parts[0], parts[1]
-    headers = _split_headers(text, eol + 1)
-    return _build(method, uri, headers)
-
-
-# One header: its whole text, the name as written, and the value after ':' and blanks,
-# continuation lines included.
-_HEADER_RE = re.compile(r"(([^:\r\n]*):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)\n)")
-
-
-def _split_headers(text, pos):
-    # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
-    if pos < len(text) and text[pos] in "\r\n":
-        return []
-    ends = [i for i in (text.find("\n\r\n", pos), text.find("\n\n", pos)) if i >= 0]
-    block = text[pos:min(ends) + 1] if ends else text[pos:]
-    if not block.endswith("\n"):
-        block += "\n"                            # datagram cut inside a header
-    found = _HEADER_RE.findall(block)
-    if sum(len(raw) for raw, _, _ in found) != len(block):
-        raise SipError("bad_header", "a header line without a name and ':' in %r"
-                       % block[:60])
-    keys = _KEYS
-    headers = []
-    for raw, name, value in found:
-        key = keys.get(name)
-        if key is None:
-            key = _new_key(name)
-        if value[:1] in ("\r", "\n"):
-            value = _skip_leading_folds(value)
-        headers.append(Header(name.rstrip(_LWS), key, value.rstrip(" \t\r\n"), raw))
-    return headers
-
-
-def _new_key(name):
-    """header_key() of a header name not seen before; SipError if it is no token."""
-    stripped = name.rstrip(_LWS)
-    if not stripped or not _TOKEN_RE.match(stripped):
-        raise SipError("bad_header", "bad header name %r" % name[:40])
-    key = header_key(stripped)
-    if len(_KEYS) < 1000:                       # a bounded memo of the names seen
-        _KEYS[name] = key
-    return key
-
-
-def _skip_leading_folds(value):
-    while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
-        value = value.lstrip("\r\n").lstrip(_LWS)
-    return value
-
-
-_KEYS = {}     # header name as written (before ':') -> header_key(name)
-
-
-def _build(method, uri, headers):
-    firsts = {}
-    vias = []
-    for h in headers:
-        firsts.setdefault(h.key, h)
-        if h.key == "via":
-            vias.append(h)
-        elif h.key == "content-length" and not h.value.isdigit():
-            raise SipError("bad_header", "bad Content-Length %r" % h.value[:40])
-    for key, title in (("via", "Via"), ("from", "From"), ("to", "To"),
-                       ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        if key not in firsts:
+    headers, first_of, vias = _split_headers(text, eol + 1)
+    for key, title in _REQUIRED:
+        if key not in first_of:
             raise SipError("missing_header", "no %s header" % title)
     via1 = parse_via(vias[0].value)
     for h in vias[1:]:
         parse_via(h.value)
+    to = first_of["to"].value
     try:
-        to = parse_name_addr(firsts["to"].value)
+        to = parse_name_addr(to)
     except AddrError as e:
         raise SipError("bad_header", "bad To header: %s" % e) from None
-    m = _CSEQ_RE.match(firsts["cseq"].value)
+    cseq = first_of["cseq"].value
+    m = _CSEQ_RE.match(cseq)
     if not m:
-        raise SipError("bad_header", "bad CSeq %r" % firsts["cseq"].value[:40])
-    return Request(method, uri, headers, to, firsts["call-id"].value,
+        raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
+    return Request(parts[0], parts[1], headers, first_of, to, first_of["call-id"].value,
                    m.group(1), m.group(2), via1)
+
+
+def _split_headers(text, pos):
+    """(headers, {key: first header}, [Via headers]) of the header block at `pos`."""
+    # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
+    if pos < len(text) and text[pos] in "\r\n":
+        return [], {}, []
+    end = text.find("\n\r\n", pos)
+    lf = text.find("\n\n", pos, None if end < 0 else end + 1)
+    if lf >= 0:
+        end = lf
+    block = text[pos:end + 1] if end >= 0 else text[pos:]
+    if not block.endswith("\n"):
+        block += "\n"                            # datagram cut inside a header
+    found = _HEADER_RE.findall(block)
+    keys = _KEYS
+    headers = []
+    first = {}
+    vias = []
+    bad_length = None
+    for raw, name, colon, value in found:
+        known = keys.get(name)
+        if known is None or not colon:
+            known = _new_key(name, colon, block, found)
+        if value[:1] in ("\r", "\n"):
+            value = value[_LEADING_FOLDS.match(value).end():]
+        h = Header(known[0], known[1], value.rstrip(_BLANKS), raw)
+        headers.append(h)
+        key = known[1]
+        if key not in first:
+            first[key] = h
+        if key == "via":
+            vias.append(h)
+        elif key == "content-length" and bad_length is None and not h.value.isdigit():
+            bad_length = h
+    if bad_length is not None:
+        raise SipError("bad_header", "bad Content-Length %r" % bad_length.value[:40])
+    return headers, first, vias
+
+
+def _new_key(name, colon, block, found):
+    """(name without trailing blanks, header_key) of a header name not seen before, or
+    SipError: first for any line in the block without a name and ':', then for the first
+    name that is no token (the order Kamailio's parser finds them in)."""
+    for _, other, other_colon, _ in found:
+        if not other_colon or "\r" in other:
+            raise SipError("bad_header", "a header line without a name and ':' in %r"
+                           % block[:60])
+    stripped = name.rstrip(_LWS)
+    if not stripped or not _TOKEN_RE.match(stripped):
+        raise SipError("bad_header", "bad header name %r" % name[:40])
+    known = (stripped, header_key(stripped))
+    if len(_KEYS) < 1000:                       # a bounded memo of the names seen
+        _KEYS[name] = known
+    return known
+
+
+_KEYS = {}     # header name as written (before ':') -> (name stripped, header_key(name))
 
 
 def parse_via(value):
@@ -208,8 +210,10 @@ def parse_via(value):
         raise SipError("bad_header", "bad Via %r" % value[:60])
     params = {}
     for param in m.group(3).split(";")[1:]:
-        name, eq, pval = param.rstrip(" \t\r\n").partition("=")
-        params.setdefault(name.lower(), pval if eq else None)
+        name, eq, pval = param.rstrip(_BLANKS).partition("=")
+        name = name.lower()
+        if name not in params:
+            params[name] = pval if eq else None
     return Via(m.group(1), int(m.group(2) or 0), params, end)
 
 

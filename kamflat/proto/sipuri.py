@@ -22,9 +22,10 @@ class Uri(NamedTuple):
 
 # Fast path for sip:user@host[:port][;params], checked against the state machine by a
 # property test in tests/test_sip.py. Anything else takes the state machine.
+# Possessive, so a failing match never backtracks (linear in the input).
 _URI_FAST = re.compile(
-    r'(sips?):([^@:;?\[\]]+)@([A-Za-z0-9][A-Za-z0-9.-]*)(?::([0-9]{1,5}))?'
-    r'(?:;[^@?]*)?\Z', re.I)
+    r'(sips?):([^@:;?\[\]]++)@([A-Za-z0-9][A-Za-z0-9.-]*+)(?::([0-9]{1,5}+))?+'
+    r'(?:;[^@?]*+)?+\Z', re.I)
 
 
 # --- URI (parse_uri.c) ---------------------------------------------------------------
