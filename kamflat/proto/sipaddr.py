@@ -10,7 +10,7 @@ display name, the URI and the tag. URIs are in sipuri.py.
 import re
 from typing import NamedTuple
 
-from kamflat.proto.sipuri import AddrError
+from kamflat.proto.sipuri import AddrError, memoised
 
 
 class NameAddr(NamedTuple):
@@ -44,7 +44,7 @@ _NAME_ADDR_FAST = re.compile(
     r'((?:;[^;=,"\\ \t\r\n\0]++(?:=[^;=,"\\ \t\r\n\0]*+)?+)*+)\Z')    # ;params
 
 
-def parse_name_addr(value):
+def _parse_name_addr(value):
     """Parse a From/To header body the way Kamailio's parse_to() does.
 
     `value` is the header body (folding kept); returns NameAddr or raises AddrError.
@@ -60,6 +60,9 @@ def parse_name_addr(value):
             if name.lower() == "tag":
                 tag = pvalue
     return NameAddr(quoted or (token.rstrip(" \t") if token else ""), uri, tag)
+
+
+parse_name_addr = memoised(_parse_name_addr)
 
 
 def _parse_name_addr_slow(value):
