@@ -30,10 +30,9 @@ import time
 
 from kamflat import __version__
 
-from kamflat.acc import pv as pvar
+from kamflat.acc import ACC_COLUMNS, pv as pvar
 from kamflat.proto.sip import SipError, build_reply, parse_request, reply_destination, to_tag_for
 
-CORE_COLUMNS = ["method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time"]
 SERVER_HEADER = "kamflat (%s)" % __version__
 
 # sl module statistics that have a counter of their own; other codes count per class.
@@ -101,7 +100,7 @@ class AccHandler:
         except pvar.PvarError as e:
             raise ParamError(str(e)) from None
         self._extra_eval = [pvar.evaluator(spec) for _, spec in self.extra]
-        self.keys = CORE_COLUMNS + [column for column, _ in self.extra]
+        self.keys = list(ACC_COLUMNS) + [column for column, _ in self.extra]
         self.table_acc = table_acc
         self.table_missed = table_missed
         self.missed_calls = missed_calls

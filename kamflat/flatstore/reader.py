@@ -18,8 +18,8 @@ import os
 import re
 from typing import NamedTuple
 
-# acc's fixed columns, in the order acc writes them (acc_db_request and tm-flag accounting).
-ACC_COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time")
+from kamflat.acc import ACC_COLUMNS  # noqa: F401  (acc's fixed columns, named here too)
+
 # The tables acc writes by default (db_table_acc, db_table_missed_calls).
 ACC_TABLES = ("acc", "missed_calls")
 
