@@ -33,9 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from serverutil import Server  # noqa: E402
+from benchserver import BenchServer as Server  # noqa: E402
 
 KAMAILIO = "/usr/sbin/kamailio"
 REFERENCE = REPO / "tests" / "data" / "acc_sip" / "kamailio-5.6-reference.cfg"
