@@ -137,13 +137,12 @@ class AccHandler:
             return self.overrides["OTHER"]
         return self.default_reply
 
-    def _plan(self, method):
-        """What is done with a request of this method (the method uppercased):
-        (code, reason, is ACK, accounted, table, counters on receipt, counters on a
-        record). Memoised: one dict look-up per request instead of a dozen decisions."""
-        plan = self._plans.get(method)
-        if plan is not None:
-            return plan
+    def _plan(self, sent):
+        """What is done with a request whose method is `sent` (as sent; decisions go by
+        its uppercase): (code, reason, is ACK, accounted, table, counters on receipt,
+        counters on a record). Memoised: one dict look-up per request instead of a dozen
+        decisions."""
+        method = sent.upper()
         code, reason = self.reply_for(method)
         received = ["core:rcv_requests"]
         if method == "ACK":
@@ -157,7 +156,7 @@ class AccHandler:
         plan = (code, reason, method == "ACK", method in self.acc_methods, table,
                 tuple(received), tuple(recorded))
         if len(self._plans) < 1000:          # methods are what clients send: bounded
-            self._plans[method] = plan
+            self._plans[sent] = plan
         return plan
 
     def _count(self, name, n=1):
@@ -175,8 +174,10 @@ class AccHandler:
             request = parse_request(datagram)
         except SipError as e:
             return self._dropped(e)
-        code, reason, is_ack, accounted, table, received, recorded = self._plan(
-            request.method.upper())
+        plan = self._plans.get(request.method)
+        if plan is None:
+            plan = self._plan(request.method)
+        code, reason, is_ack, accounted, table, received, recorded = plan
         counters = self.counters
         for name in received:
             counters[name] = counters.get(name, 0) + 1

@@ -73,6 +73,7 @@ class Request:
     keys: list                     # header_key() of each of `lines`
     first: dict                    # key -> the first of `lines` with that key
     to: object                     # NameAddr, parsed at once as Kamailio does
+    to_value: str
     from_value: str
     call_id: str
     cseq_num: str
@@ -162,16 +163,16 @@ def parse_request(data):
         for key, line in zip(keys, lines):
             if key == "via" and line is not via:
                 parse_via(_value(line[2]))
-    to = _value(to[2])
+    to_value = _value(to[2])
     try:
-        to = parse_name_addr(to)
+        to = parse_name_addr(to_value)
     except AddrError as e:
         raise SipError("bad_header", "bad To header: %s" % e) from None
     cseq = _value(cseq[2])
     m = _CSEQ_RE.match(cseq)
     if not m:
         raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
-    return Request(method, uri, lines, keys, first, to, _value(from_[2]),
+    return Request(method, uri, lines, keys, first, to, to_value, _value(from_[2]),
                    _value(call_id[2]), m.group(1), m.group(2), via1)
 
 
@@ -313,7 +314,7 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
             if line is via1:
                 out.append(_via1_for_reply(line, request.via1, source))
             elif line is to:
-                out.append(_insert_after_value(line, ";tag=" + to_tag))
+                out.append(_insert_after_value(line, request.to_value, ";tag=" + to_tag))
             else:
                 out += line
                 out.append("\n")
@@ -326,10 +327,9 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def _insert_after_value(line, text):
-    """The header as sent with `text` inserted right after its value."""
+def _insert_after_value(line, value, text):
+    """The header as sent with `text` inserted right after its value (_value())."""
     name, colon, after = line
-    value = _value(after)
     pos = after.find(value) + len(value)
     return "%s%s%s%s%s\n" % (name, colon, after[:pos], text, after[pos:])
 

@@ -59,10 +59,12 @@ def _parse_name_addr(value):
             name, _, pvalue = param.partition("=")
             if name.lower() == "tag":
                 tag = pvalue
-    return NameAddr(quoted or (token.rstrip(" \t") if token else ""), uri, tag)
+    display = quoted or (token.rstrip(" \t") if token else "")
+    return _new_name_addr(NameAddr, (display, uri, tag))
 
 
 parse_name_addr = memoised(_parse_name_addr)
+_new_name_addr = tuple.__new__     # NameAddr(...) without the Python-level __new__
 
 
 def _parse_name_addr_slow(value):
