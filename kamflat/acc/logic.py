@@ -139,7 +139,7 @@ class AccHandler:
 
     def _plan(self, sent):
         """What is done with a request whose method is `sent` (as sent; decisions go by
-        its uppercase): (code, reason, is ACK, accounted, table, counters on receipt,
+        its uppercase): (code, code as text, reason, is ACK, accounted, table, counters on receipt,
         counters on a record). Memoised: one dict look-up per request instead of a dozen
         decisions."""
         method = sent.upper()
@@ -153,7 +153,7 @@ class AccHandler:
         if code >= 300 and self.missed_calls:
             table = self.table_missed
             recorded.insert(0, "kamflat:acc_missed")
-        plan = (code, reason, method == "ACK", method in self.acc_methods, table,
+        plan = (code, str(code), reason, method == "ACK", method in self.acc_methods, table,
                 tuple(received), tuple(recorded))
         if len(self._plans) < 1000:          # methods are what clients send: bounded
             self._plans[sent] = plan
@@ -177,7 +177,7 @@ class AccHandler:
         plan = self._plans.get(request.method)
         if plan is None:
             plan = self._plan(request.method)
-        code, reason, is_ack, accounted, table, received, recorded = plan
+        code, code_text, reason, is_ack, accounted, table, received, recorded = plan
         counters = self.counters
         for name in received:
             counters[name] = counters.get(name, 0) + 1
@@ -195,7 +195,7 @@ class AccHandler:
             self._count("kamflat:acc_skipped")
             return Outcome(reply, [], reply_to, "not accounted (as Kamailio): %s" % e)
         values = [request.cseq_method, from_tag or None, request.to.tag or None,
-                  request.call_id or None, str(code), reason, int(self.clock())]
+                  request.call_id or None, code_text, reason, int(self.clock())]
         if self._extra_eval:
             values += [ev(request, source) for ev in self._extra_eval]
         for name in recorded:

@@ -17,7 +17,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from kamflat.proto.sipaddr import AddrError, parse_name_addr
+from kamflat.proto.sipaddr import AddrError, parse_name_addr, parse_name_addr_once
 
 # Compact forms (RFC 3261 7.3.3 and later RFCs) -> the full lowercase name.
 COMPACT = {
@@ -97,7 +97,7 @@ class Request:
         would reject it."""
         if self._from is None:
             try:
-                self._from = parse_name_addr(self.from_value)
+                self._from = parse_name_addr_once(self.from_value)
             except AddrError as e:
                 raise SipError("bad_from", "bad From header: %s" % e) from None
         return self._from

@@ -64,6 +64,8 @@ def _parse_name_addr(value):
 
 
 parse_name_addr = memoised(_parse_name_addr)
+# The same without the memo, for values that rarely come again (a From has its tag).
+parse_name_addr_once = _parse_name_addr
 _new_name_addr = tuple.__new__     # NameAddr(...) without the Python-level __new__
 
 
