@@ -20,10 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 from kamflat.client import send_bytes  # noqa: E402
-from serverutil import Server  # noqa: E402
+from benchserver import BenchServer as Server  # noqa: E402
 
 
 def find_flatloop():

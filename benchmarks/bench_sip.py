@@ -12,7 +12,11 @@ kamflat's side is the real `kamflat serve` with the same children, db_extra and
 replies, flush=1: its writer processes receive from the shared UDP socket, answer,
 and write each record before its reply.
 
+Then a scaling table: one round each with children 1, 2 and 4, both servers' rates,
+their ratio, and the CPU each used per 1000 requests (kamflat's target: at most 2x).
+
     python3 benchmarks/bench_sip.py [--seconds 5] [--window 32] [--children 4] [--rounds 3]
+                                    [--scaling 1,2,4]
 """
 import argparse
 import os
@@ -29,9 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from serverutil import Server  # noqa: E402
+from benchserver import BenchServer as Server  # noqa: E402
 
 KAMAILIO = "/usr/sbin/kamailio"
 REFERENCE = REPO / "tests" / "data" / "acc_sip" / "kamailio-5.6-reference.cfg"
@@ -161,12 +164,27 @@ def run_kamflat(tmp, generator, args):
         server.stop()
 
 
+def one_round(tmp, generator, args, children, n):
+    """Kamailio then kamflat with `children` processes each: (kamailio, kamflat) results."""
+    run_args = argparse.Namespace(**dict(vars(args), children=children))
+    (tmp / ("k%d-%d" % (children, n))).mkdir()
+    (tmp / ("f%d-%d" % (children, n))).mkdir()
+    kam = run_kamailio(tmp / ("k%d-%d" % (children, n)), generator, run_args)
+    flat = run_kamflat(tmp / ("f%d-%d" % (children, n)), generator, run_args)
+    return kam, flat
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--children", type=int, default=4)
+    parser.add_argument("--children", type=int, default=4,
+                        help="children of both servers for the main rounds (the sample "
+                             "config's 4)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scaling", default="1,2,4",
+                        help="children counts for the scaling table, one round each "
+                             "('' for none)")
     args = parser.parse_args()
     if not os.access(KAMAILIO, os.X_OK):
         raise SystemExit("%s not installed (Debian package kamailio)" % KAMAILIO)
@@ -175,20 +193,39 @@ def main():
                                             os.cpu_count()))
     print("kamflat side: `kamflat serve` (flush=1), the same db_extra and replies")
     ratios, all_zero_loss = [], True
+    table = {}
     with tempfile.TemporaryDirectory(prefix="bench_sip.") as tmp:
         tmp = Path(tmp)
         generator = build_generator(tmp)
         for n in range(args.rounds):       # alternate, so load from elsewhere hits both
-            (tmp / ("k%d" % n)).mkdir()
-            (tmp / ("f%d" % n)).mkdir()
-            kam = run_kamailio(tmp / ("k%d" % n), generator, args)
-            flat = run_kamflat(tmp / ("f%d" % n), generator, args)
+            kam, flat = one_round(tmp, generator, args, args.children, n)
             ratios.append(flat["rate"] / kam["rate"])
             all_zero_loss &= kam["zero_loss"] and flat["zero_loss"]
-    print("ratio kamflat/kamailio: median %.2f over %d rounds (%s) (target >= 0.5)%s"
-          % (statistics.median(ratios), len(ratios), " ".join("%.2f" % r for r in ratios),
-             "" if all_zero_loss else "  [a side lost requests]"))
+            table.setdefault(args.children, (kam, flat))
+        if ratios:
+            print("ratio kamflat/kamailio: median %.2f over %d rounds (%s) (target >= 0.5)%s"
+                  % (statistics.median(ratios), len(ratios),
+                     " ".join("%.2f" % r for r in ratios),
+                     "" if all_zero_loss else "  [a side lost requests]"))
+        counts = [int(c) for c in args.scaling.split(",") if c.strip()]
+        for children in counts:
+            if children not in table:
+                table[children] = one_round(tmp, generator, args, children, 0)
+    if counts:
+        print_scaling([(c, table[c][0], table[c][1]) for c in counts])
     return 0
+
+
+def print_scaling(rows):
+    print("\nscaling (one round each):")
+    print("%8s %14s %14s %6s %18s %18s %8s" % (
+        "children", "kamailio req/s", "kamflat req/s", "ratio", "kamailio CPU/1000",
+        "kamflat CPU/1000", "CPU x"))
+    for children, kam, flat in rows:
+        print("%8d %14.0f %14.0f %6.2f %15.1f ms %15.1f ms %8.2f" % (
+            children, kam["rate"], flat["rate"], flat["rate"] / kam["rate"],
+            kam["cpu_ms_per_1000"], flat["cpu_ms_per_1000"],
+            flat["cpu_ms_per_1000"] / kam["cpu_ms_per_1000"]))
 
 
 if __name__ == "__main__":

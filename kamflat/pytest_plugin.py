@@ -18,7 +18,10 @@ import sys
 import tempfile
 import time
 
-import pytest
+try:
+    import pytest
+except ImportError:      # KamflatServer works without pytest (the benchmarks use it)
+    pytest = None
 
 import kamflat
 from kamflat.config.cfg import ConfigError, parse_config
@@ -236,22 +239,22 @@ class KamflatServer:
             return ""
 
 
-@pytest.fixture
-def kamflat_server_options():
-    """Override in a conftest.py to change the server, e.g.
-    `return {"children": 4, "db_extra": "src_user=$fU;src_domain=$fd"}`."""
-    return {}
+if pytest is not None:
+    @pytest.fixture
+    def kamflat_server_options():
+        """Override in a conftest.py to change the server, e.g.
+        `return {"children": 4, "db_extra": "src_user=$fU;src_domain=$fd"}`."""
+        return {}
 
-
-@pytest.fixture
-def kamflat_server(tmp_path_factory, kamflat_server_options):
-    """A running `kamflat serve` in a temporary directory, stopped and reaped after the test."""
-    # a short directory: unix socket paths are limited to 107 bytes
-    server = KamflatServer(tmp_path_factory.mktemp("kamflat"), **kamflat_server_options)
-    try:
-        server.start()
-        yield server
-    finally:
-        status = server.stop()
-    if status not in (0, None):
-        raise AssertionError("kamflat serve exited with status %s:\n%s" % (status, server.log()))
+    @pytest.fixture
+    def kamflat_server(tmp_path_factory, kamflat_server_options):
+        """A running `kamflat serve` in a temporary directory, stopped and reaped after the test."""
+        # a short directory: unix socket paths are limited to 107 bytes
+        server = KamflatServer(tmp_path_factory.mktemp("kamflat"), **kamflat_server_options)
+        try:
+            server.start()
+            yield server
+        finally:
+            status = server.stop()
+        if status not in (0, None):
+            raise AssertionError("kamflat serve exited with status %s:\n%s" % (status, server.log()))

@@ -2,6 +2,7 @@
 with the real sipsak as the client."""
 import base64
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -219,3 +220,34 @@ def test_handler_from_a_kamailio_config(tmp_path):
     assert handler.reply_for("BYE") == (404, "Not here")
     invite = dict((n, d) for n, d, _ in sent_requests())["sl_invite_basic"]
     assert handler.handle(invite, ("127.0.0.1", 5)).records[0][0] == "failed"
+
+
+def test_the_receive_loop_survives_icmp_errors_and_wakes_one_waiter():
+    """sipnet.drain (what every writer runs) goes on after an ECONNREFUSED from an ICMP
+    port unreachable, and the selector writers wait in is EPOLLEXCLUSIVE where the kernel
+    has it."""
+    from kamflat.server import sipnet
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.connect(("127.0.0.1", dead_port))   # a connected socket reports ICMP errors
+        server.send(b"x")                           # -> port unreachable -> ECONNREFUSED
+        server.setblocking(False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.bind(("127.0.0.1", dead_port))  # the peer the server is connected to
+            good = dict((n, d) for n, d, _ in sent_requests())["sl_invite_basic"]
+            client.sendto(good.replace(b"127.0.0.1:53473", b"127.0.0.1:%d" % dead_port),
+                          server.getsockname())
+            written = []
+            with sipnet.selector() as sel:
+                sel.register(server, 1)
+                assert sel.select(5)
+                taken = sipnet.drain(server, reference_handler(),
+                                     lambda records: written.extend(records) or True)
+            assert client.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")
+    assert taken == 1 and [table for table, _ in written] == ["acc"]
+    if getattr(select, "EPOLLEXCLUSIVE", 0):
+        assert isinstance(sipnet.selector(), sipnet.ExclusiveSelector)

@@ -137,9 +137,12 @@ def _outcome(fn, value):
                         "<", '"x"<', "A <sip:"]))
 def test_fast_paths_agree_with_kamailio_state_machines(tail, head):
     value = (head + tail).strip(" \t\r\n")
-    assert _outcome(sipaddr.parse_name_addr, value) == \
+    assert _outcome(sipaddr._parse_name_addr, value) == \
         _outcome(sipaddr._parse_name_addr_slow, value)
+    assert _outcome(sipaddr.parse_name_addr, value) == \
+        _outcome(sipaddr._parse_name_addr_slow, value)          # the memo too
     uri = "sip:" + tail
+    assert _outcome(sipuri._parse_uri, uri) == _outcome(sipuri._parse_uri_slow, uri)
     assert _outcome(sipuri.parse_uri, uri) == _outcome(sipuri._parse_uri_slow, uri)
 
 

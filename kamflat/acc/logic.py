@@ -30,10 +30,9 @@ import time
 
 from kamflat import __version__
 
-from kamflat.acc import pv as pvar
+from kamflat.acc import ACC_COLUMNS, pv as pvar
 from kamflat.proto.sip import SipError, build_reply, parse_request, reply_destination, to_tag_for
 
-CORE_COLUMNS = ["method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time"]
 SERVER_HEADER = "kamflat (%s)" % __version__
 
 # sl module statistics that have a counter of their own; other codes count per class.
@@ -104,13 +103,14 @@ class AccHandler:
         except pvar.PvarError as e:
             raise ParamError(str(e)) from None
         self._extra_eval = [pvar.evaluator(spec) for _, spec in self.extra]
-        self.keys = CORE_COLUMNS + [column for column, _ in self.extra]
+        self.keys = list(ACC_COLUMNS) + [column for column, _ in self.extra]
         self.table_acc = table_acc
         self.table_missed = table_missed
         self.missed_calls = missed_calls
         self.server = server
         self.clock = clock
         self.counters = {}
+        self._plans = {}
 
     def reply_for(self, method):
         """(code, reason) sent for a request of this method."""
@@ -119,6 +119,30 @@ class AccHandler:
         if method not in self.acc_methods and "OTHER" in self.overrides:
             return self.overrides["OTHER"]
         return self.default_reply
+
+    def _plan(self, sent):
+        """What is done with a request whose method is `sent` (as sent; decisions go by
+        its uppercase): (code, code as text, reason, is ACK, accounted, table, counters on receipt,
+        counters on a record). Memoised: one dict look-up per request instead of a dozen
+        decisions."""
+        method = sent.upper()
+        code, reason = self.reply_for(method)
+        received = ["core:rcv_requests"]
+        if method in PER_METHOD:                # 5.x kex: rcv_requests_<method>
+            received.append("core:rcv_requests_" + method.lower())
+        if method == "ACK":
+            received.append("sl:received_ACKs")
+        else:
+            received += _reply_counters(code)
+        table, recorded = self.table_acc, ["kamflat:acc_records"]
+        if code >= 300 and self.missed_calls:
+            table = self.table_missed
+            recorded.insert(0, "kamflat:acc_missed")
+        plan = (code, str(code), reason, method == "ACK", method in self.acc_methods, table,
+                tuple(received), tuple(recorded))
+        if len(self._plans) < 1000:          # methods are what clients send: bounded
+            self._plans[sent] = plan
+        return plan
 
     def _count(self, name, n=1):
         self.counters[name] = self.counters.get(name, 0) + n
@@ -134,48 +158,52 @@ class AccHandler:
         try:
             request = parse_request(datagram)
         except SipError as e:
-            if e.reason == "response":
-                self._count("core:rcv_replies")
-            else:
-                self._count("core:bad_msg_hdr" if e.reason == "bad_header"
-                            else "kamflat:sip_malformed")
-            self._count("core:drop_requests" if e.reason != "response"
-                        else "core:drop_replies")
-            return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
-        self._count("core:rcv_requests")
-        method = request.method.upper()
-        if method in PER_METHOD:                # 5.x kex: rcv_requests_<method>
-            self._count("core:rcv_requests_" + method.lower())
-        code, reason = self.reply_for(method)
-        reply = reply_to = None
-        if method == "ACK":
-            self._count("sl:received_ACKs")
+            return self._dropped(e)
+        plan = self._plans.get(request.method)
+        if plan is None:
+            plan = self._plan(request.method)
+        code, code_text, reason, is_ack, accounted, table, received, recorded = plan
+        counters = self.counters
+        for name in received:
+            counters[name] = counters.get(name, 0) + 1
+        if is_ack:
+            reply = reply_to = None
         else:
             reply = build_reply(request, code, reason, to_tag_for(request),
                                 source=source, server=self.server)
             reply_to = reply_destination(request, source)
-            self._count_reply(code)
-        if method not in self.acc_methods:
+        if not accounted:
             return Outcome(reply, [], reply_to)
         try:
-            from_addr = request.from_addr()
+            from_tag = request.from_addr().tag
         except SipError as e:
             self._count("kamflat:acc_skipped")
             return Outcome(reply, [], reply_to, "not accounted (as Kamailio): %s" % e)
-        values = [request.cseq_method, from_addr.tag or None, request.to.tag or None,
-                  request.call_id or None, str(code), reason, int(self.clock())]
-        values += [ev(request, source) for ev in self._extra_eval]
-        table = self.table_acc
-        if code >= 300 and self.missed_calls:
-            table = self.table_missed
-            self._count("kamflat:acc_missed")
-        self._count("kamflat:acc_records")
+        values = [request.cseq_method, from_tag or None, request.to.tag or None,
+                  request.call_id or None, code_text, reason, int(self.clock())]
+        if self._extra_eval:
+            values += [ev(request, source) for ev in self._extra_eval]
+        for name in recorded:
+            counters[name] = counters.get(name, 0) + 1
         return Outcome(reply, [(table, values)], reply_to)
 
-    def _count_reply(self, code):
-        self._count("sl:sent_replies")
-        if code >= 300:
-            self._count("sl:sent_err_replies")
-        self._count("sl:%d_replies" % code if code in _SL_CODES
-                    else "sl:%dxx_replies" % (code // 100))
+    def _dropped(self, e):
+        if e.reason == "response":
+            self._count("core:rcv_replies")
+            self._count("core:drop_replies")
+        else:
+            self._count("core:bad_msg_hdr" if e.reason == "bad_header"
+                        else "kamflat:sip_malformed")
+            self._count("core:drop_requests")
+        return Outcome(None, [], None, "dropped (%s): %s" % (e.reason, e))
+
+
+def _reply_counters(code):
+    """The sl counters one reply with this code adds to."""
+    names = ["sl:sent_replies"]
+    if code >= 300:
+        names.append("sl:sent_err_replies")
+    names.append("sl:%d_replies" % code if code in _SL_CODES
+                 else "sl:%dxx_replies" % (code // 100))
+    return names
 

@@ -11,7 +11,7 @@ header values keep folding as sent.
 import re
 
 from kamflat.proto.sip import SipError, header_key
-from kamflat.proto.sipuri import AddrError, parse_uri
+from kamflat.proto.sipuri import AddrError, Uri, parse_uri
 
 SUPPORTED = ("$fU", "$fd", "$fn", "$fu", "$tU", "$td", "$tu", "$ru", "$rU", "$rd",
              "$ci", "$cs", "$ua", "$si", "$sp", "$rm", "$hdr(Name)")
@@ -59,21 +59,35 @@ def parse_db_extra(text, check=True):
     return pairs
 
 
-def _uri_part(request, which, part):
-    """user/host of the From, To or Request URI; parsed once per request."""
+def _parsed_uri(request, which):
+    """The From, To or Request URI parsed (Uri), None when it does not parse; once per
+    request."""
     cache = request.cache
-    if which not in cache:
-        if which == "from":
-            addr = _from(request)
-            uri = addr.uri if addr else None
-        else:
-            uri = request.to.uri if which == "to" else request.uri
-        try:
-            cache[which] = parse_uri(uri) if uri is not None else None
-        except AddrError:
-            cache[which] = None
-    parsed = cache[which]
-    return (getattr(parsed, part) or None) if parsed else None
+    if which in cache:
+        return cache[which]
+    if which == "from":
+        addr = _from(request)
+        uri = addr.uri if addr else None
+    else:
+        uri = request.to.uri if which == "to" else request.uri
+    try:
+        parsed = parse_uri(uri) if uri is not None else None
+    except AddrError:
+        parsed = None
+    cache[which] = parsed
+    return parsed
+
+
+def _uri_part(which, part):
+    """An evaluator of the user or host of the From, To or Request URI."""
+    index = Uri._fields.index(part)
+
+    def evaluate(request, source):
+        parsed = request.cache.get(which)
+        if parsed is None:
+            parsed = _parsed_uri(request, which)
+        return (parsed[index] or None) if parsed else None
+    return evaluate
 
 
 def _from(request):
@@ -89,16 +103,16 @@ def _header(request, key):
 
 
 _EVALUATORS = {
-    "$fU": lambda r, s: _uri_part(r, "from", "user"),
-    "$fd": lambda r, s: _uri_part(r, "from", "host"),
+    "$fU": _uri_part("from", "user"),
+    "$fd": _uri_part("from", "host"),
     "$fn": lambda r, s: (_from(r).display or None) if _from(r) else None,
     "$fu": lambda r, s: _from(r).uri if _from(r) else None,
-    "$tU": lambda r, s: _uri_part(r, "to", "user"),
-    "$td": lambda r, s: _uri_part(r, "to", "host"),
+    "$tU": _uri_part("to", "user"),
+    "$td": _uri_part("to", "host"),
     "$tu": lambda r, s: r.to.uri,
     "$ru": lambda r, s: r.uri,
-    "$rU": lambda r, s: _uri_part(r, "ruri", "user"),
-    "$rd": lambda r, s: _uri_part(r, "ruri", "host"),
+    "$rU": _uri_part("ruri", "user"),
+    "$rd": _uri_part("ruri", "host"),
     "$ci": lambda r, s: r.call_id,
     "$cs": lambda r, s: r.cseq_num,
     "$ua": lambda r, s: _header(r, "user-agent"),

@@ -174,7 +174,7 @@ class _TableFile:
         return FlatstoreError("cannot write to flatstore file %s: %s"
                               % (self.path, error.strerror), self.path)
 
-    def finish(self, data, written, record_sizes):
+    def finish(self, data, written, records):
         """Write the rest of `data` after a short write (disk full, size limit, signal).
 
         If that fails, the torn record at the end of the file is cut off again, so the
@@ -189,17 +189,20 @@ class _TableFile:
                     raise OSError(28, os.strerror(28))  # ENOSPC: no progress
             except OSError as error:
                 failure = self.failed(error)
-                failure.records_written = self._cut_torn_record(written, record_sizes)
+                failure.records_written = self._cut_torn_record(written, records)
                 raise failure from None
             written += count
 
-    def _cut_torn_record(self, written, record_sizes):
-        whole = records = 0
-        for size in record_sizes:
+    def _cut_torn_record(self, written, records):
+        """`records` are the encoded records `data` was joined from (their sizes are
+        only needed here, after a short write, so they are not counted beforehand)."""
+        whole = count = 0
+        for record in records:
+            size = len(record)
             if whole + size > written:
                 break
             whole += size
-            records += 1
+            count += 1
         torn = written - whole
         if torn:
             # O_APPEND leaves the offset at the end of our write; truncate only if nobody
@@ -210,23 +213,23 @@ class _TableFile:
                     os.ftruncate(self.fd, end - torn)
             except OSError:
                 pass  # the write error being raised says more than this one
-        return records
+        return count
 
-    def write(self, data, record_sizes):
+    def write(self, data, records):
         fd = self.fd if self.fd is not None else self.open()
         try:
             written = _write(fd, data)
         except OSError as error:
             raise self.failed(error) from None
         if written != len(data):
-            self.finish(data, written, record_sizes)
+            self.finish(data, written, records)
 
     def write_pending(self):
         """Write the buffered records; on failure keep those that did not reach the file."""
         if not self.pending:
             return
         try:
-            self.write(b"".join(self.pending), [len(record) for record in self.pending])
+            self.write(b"".join(self.pending), self.pending)
         except FlatstoreError as error:
             done = getattr(error, "records_written", 0)
             del self.pending[:done]
@@ -314,14 +317,18 @@ class FlatConnection:
             except OSError as error:
                 raise table.failed(error) from None
             if written != len(line):
-                table.finish(line, written, (len(line),))
+                table.finish(line, written, (line,))
         else:
-            if table.fd is None:
-                table.open()  # a missing directory fails now, not at some later flush
-            if table.pending_size + len(line) > BUFFER_SIZE:
-                table.write_pending()  # before taking this record: a failure leaves it out
+            # flush=0, the cheap path: one append per record, one write() per block.
+            size = table.pending_size + len(line)
+            if size > BUFFER_SIZE or table.fd is None:
+                if table.fd is None:
+                    table.open()  # a missing directory fails now, not at some later flush
+                if size > BUFFER_SIZE:
+                    table.write_pending()  # before taking this record: a failure leaves it out
+                size = table.pending_size + len(line)
             table.pending.append(line)
-            table.pending_size += len(line)
+            table.pending_size = size
 
     def _reopen_after_rotation(self):
         # Read the generation first: a rotation that comes while we close is seen next time.

@@ -10,6 +10,7 @@ decoding `%7C` is a guess, which is why it is only done when asked (`decode=True
 A folded SIP header can put a raw CR/LF inside a value (`foo\\r` + newline + ` bar`); such a
 record spans two physical lines and the splitter joins them back (see RecordSplitter).
 """
+import bisect
 import bz2
 import gzip
 import heapq
@@ -18,8 +19,8 @@ import os
 import re
 from typing import NamedTuple
 
-# acc's fixed columns, in the order acc writes them (acc_db_request and tm-flag accounting).
-ACC_COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time")
+from kamflat.acc import ACC_COLUMNS  # noqa: F401  (acc's fixed columns, named here too)
+
 # The tables acc writes by default (db_table_acc, db_table_missed_calls).
 ACC_TABLES = ("acc", "missed_calls")
 
@@ -57,12 +58,15 @@ class RecordSplitter:
         if end < 0:
             return []
         complete, rest = self._buffer[:end], self._buffer[end + 1:]
-        out = []
-        for line in complete.split(b"\n"):
-            if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
-                out[-1] += b"\n" + line
-            else:
-                out.append(line)
+        if b"\r\n " not in complete and b"\r\n\t" not in complete:
+            out = complete.split(b"\n")          # no folded record: one record a line
+        else:
+            out = []
+            for line in complete.split(b"\n"):
+                if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
+                    out[-1] += b"\n" + line
+                else:
+                    out.append(line)
         # a CR line whose next line has begun with SP/TAB goes on there; with hold_cr, also
         # one with nothing after it yet
         if out[-1].endswith(b"\r") and (rest[:1] in (b" ", b"\t") or (hold_cr and not rest)):
@@ -123,6 +127,21 @@ def time_key(raw, time_index, previous):
         return int(values[time_index])
     except ValueError:
         return previous
+
+
+def time_keys(records, time_index, previous=0):
+    """[time_key()] of consecutive records, `previous` being the key before the first
+    (all at once while every time column is a number, else record by record)."""
+    cut = time_index + 1
+    try:
+        return [int(raw.split(b"|", cut)[time_index]) for raw in records]
+    except (IndexError, ValueError):
+        pass
+    keys = []
+    for raw in records:
+        previous = time_key(raw, time_index, previous)
+        keys.append(previous)
+    return keys
 
 
 # ---- file names ------------------------------------------------------------------------
@@ -193,44 +212,125 @@ def list_table_files(directory, table, rotated=False):
 
 def read_table_file(directory, table_file):
     """Yield TableRecords of one file (decompressing .gz/.bz2/.xz); a missing file yields none."""
+    for records in read_file_chunks(directory, table_file):
+        for raw in records:
+            yield TableRecord(raw, table_file.name)
+
+
+READ_SIZE = 1 << 20    # bytes read at a time: records are handled a chunk at a time
+
+
+def read_file_chunks(directory, table_file):
+    """Yield one file's records (bytes without their `\n`) as lists, a chunk at a time,
+    decompressing .gz/.bz2/.xz; a missing file yields none. A torn last line (Kamailio
+    flush=0 killed) is still given."""
     path = os.path.join(directory, table_file.name)
     opener = DECOMPRESSORS.get(table_file.compression, open)
     try:
         with opener(path, "rb") as stream:
             splitter = RecordSplitter()
-            for chunk in iter(lambda: stream.read(65536), b""):
+            for chunk in iter(lambda: stream.read(READ_SIZE), b""):
                 splitter.feed(chunk)
-                for raw in splitter.records(hold_cr=True):
-                    yield TableRecord(raw, table_file.name)
-            for raw in splitter.records():
-                yield TableRecord(raw, table_file.name)
-            if splitter.pending:  # a torn last line (Kamailio flush=0 killed): still shown
-                yield TableRecord(splitter.pending, table_file.name)
+                records = splitter.records(hold_cr=True)
+                if records:
+                    yield records
+            records = splitter.records()
+            if splitter.pending:
+                records.append(splitter.pending)
+            if records:
+                yield records
     except FileNotFoundError:
         return
 
 
-def merge_records(streams, time_index=None):
-    """Merge per-file record streams by the time column (stable: ties keep file, then line order).
+def merge_chunks(streams, time_index=None):
+    """Merge per-file streams of record chunks by the time column into runs: yields
+    (stream number, records), the records consecutive ones of that stream.
 
-    Without a time column the streams are simply concatenated in the order given.
-    """
+    The order is heapq.merge's over (time key, stream number, line number) of every
+    record (stable: ties keep file, then line order; a file out of time order is merged
+    as heapq.merge merges it), but a run of records that go out one after the other
+    costs one step, not one per record. Without a time column the streams are simply
+    concatenated in the order given."""
     if time_index is None:
-        for stream in streams:
-            yield from stream
+        for order, stream in enumerate(streams):
+            for records in stream:
+                yield order, records
         return
+    cursors = []
+    heap = []
+    for order, stream in enumerate(streams):
+        cursor = _Cursor(order, iter(stream), time_index)
+        cursors.append(cursor)
+        if cursor.next_chunk():
+            heap.append((cursor.keys[0], order))
+    heapq.heapify(heap)
+    while heap:
+        key, order = heap[0]
+        cursor = cursors[order]
+        if len(heap) == 1:
+            end = len(cursor.keys)
+        else:
+            other = min(heap[1], heap[2]) if len(heap) > 2 else heap[1]
+            end = cursor.run_end(other)
+        yield order, cursor.records[cursor.pos:end]
+        cursor.pos = end
+        if end == len(cursor.keys) and not cursor.next_chunk():
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (cursor.keys[cursor.pos], order))
 
-    def keyed(order, stream):
-        key = 0
-        for line, record in enumerate(stream):
-            key = time_key(record.raw, time_index, key)
-            yield (key, order, line, record)
-    merged = heapq.merge(*(keyed(i, s) for i, s in enumerate(streams)))
-    for _key, _order, _line, record in merged:
-        yield record
+
+class _Cursor:
+    """Where merge_chunks() is in one stream: its current chunk, the chunk's time keys,
+    whether they are in order, and the position of the next record."""
+    __slots__ = ("order", "stream", "time_index", "records", "keys", "in_order", "pos",
+                 "last_key")
+
+    def __init__(self, order, stream, time_index):
+        self.order, self.stream, self.time_index = order, stream, time_index
+        self.last_key = 0
+
+    def next_chunk(self):
+        for records in self.stream:
+            if records:
+                self.records = records
+                self.keys = time_keys(records, self.time_index, self.last_key)
+                self.last_key = self.keys[-1]
+                self.in_order = self.keys == sorted(self.keys)
+                self.pos = 0
+                return True
+        return False
+
+    def run_end(self, other):
+        """Where the run from pos ends: the records before it sort before `other`, the
+        (key, stream number) of the head of another stream."""
+        keys, pos = self.keys, self.pos
+        limit, other_order = other
+        if self.in_order:
+            if self.order < other_order:
+                return bisect.bisect_right(keys, limit, pos)
+            return bisect.bisect_left(keys, limit, pos)
+        end = pos + 1          # the head itself is the smallest
+        count = len(keys)
+        while end < count and (keys[end] < limit
+                               or (keys[end] == limit and self.order < other_order)):
+            end += 1
+        return end
+
+
+def read_table_chunks(directory, table, rotated=False, time_index=None):
+    """Every record of `table` in `directory` merged across its files (see merge_chunks),
+    as runs: yields (file name, records)."""
+    files = list_table_files(directory, table, rotated)
+    streams = [read_file_chunks(directory, f) for f in files]
+    for order, records in merge_chunks(streams, time_index):
+        yield files[order].name, records
 
 
 def read_table(directory, table, rotated=False, time_index=None):
-    """Every record of `table` in `directory`, merged across its files (see merge_records)."""
-    files = list_table_files(directory, table, rotated)
-    return merge_records([read_table_file(directory, f) for f in files], time_index)
+    """Every record of `table` in `directory`, merged across its files (see merge_chunks),
+    as TableRecords."""
+    for name, records in read_table_chunks(directory, table, rotated, time_index):
+        for raw in records:
+            yield TableRecord(raw, name)

@@ -17,7 +17,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from kamflat.proto.sipaddr import AddrError, parse_name_addr
+from kamflat.proto.sipaddr import AddrError, parse_name_addr, parse_name_addr_once
 
 # Compact forms (RFC 3261 7.3.3 and later RFCs) -> the full lowercase name.
 COMPACT = {
@@ -57,14 +57,24 @@ class Via:
     port: int            # 0 when absent
     params: dict         # lowercase name -> value (None for a bare flag such as rport)
     end: int             # offset in the header value where this via's text ends
+    value: str           # the header value (Kamailio's hdr->body)
 
 
 @dataclass(slots=True)
 class Request:
+    """A parsed request. The headers are kept as the parser found them, (name as
+    written, ':', the text after the ':' up to the line end, continuation lines
+    included; name + ':' + text is the header as sent) with their keys beside them;
+    Header objects are made only for the headers asked for (header(), headers), as
+    most are only copied or ignored."""
     method: str
     uri: str
-    headers: list
+    lines: list                    # (name, ':', text after it) per header, in order
+    keys: list                     # header_key() of each of `lines`
+    first: dict                    # key -> the first of `lines` with that key
     to: object                     # NameAddr, parsed at once as Kamailio does
+    to_value: str
+    from_value: str
     call_id: str
     cseq_num: str
     cseq_method: str
@@ -74,130 +84,176 @@ class Request:
 
     def header(self, key):
         """The first header whose key (see header_key) is `key`, else None."""
-        for h in self.headers:
-            if h.key == key:
-                return h
-        return None
+        line = self.first.get(key)
+        return None if line is None else _header(key, line)
+
+    @property
+    def headers(self):
+        """Every header, in order, as Header objects."""
+        return [_header(key, line) for key, line in zip(self.keys, self.lines)]
 
     def from_addr(self):
         """The parsed From (NameAddr). Raises SipError('bad_from') if Kamailio's parser
         would reject it."""
         if self._from is None:
-            h = self.header("from")
             try:
-                self._from = parse_name_addr(h.value)
+                self._from = parse_name_addr_once(self.from_value)
             except AddrError as e:
                 raise SipError("bad_from", "bad From header: %s" % e) from None
         return self._from
 
 
+def _header(key, line):
+    name, colon, after = line
+    return Header(name.rstrip(_LWS), key, _value(after), name + colon + after + "\n")
+
+
+def _value(after):
+    """A header's value as Kamailio's hdr->body from the text after its ':': leading
+    blanks and folding skipped, trailing white space removed."""
+    sent = after.lstrip(_LWS)
+    if sent[:1] in ("\r", "\n"):
+        sent = sent[_LEADING_FOLDS.match(sent).end():]
+    return sent.rstrip(_BLANKS)
+
+
+# Every regex here runs in time linear in its input whatever the input (possessive
+# quantifiers, no two ways to match the same text): a datagram is up to 64 KiB and
+# parsing it must not stall a writer (tests/test_sip_linear.py).
 _LWS = " \t"
-_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+_BLANKS = " \t\r\n"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]++\Z")
 _VERSION = "SIP/2.0"
+# The request line as nearly every client writes it; anything else is checked the
+# long way (which accepts everything this accepts, with the same result).
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9.!%*_+`'~-]++) ([^ \r\n]++) SIP/2\.0\r*+\n")
 # Kamailio's parse_cseq(): two white-space separated tokens, the number not checked.
-_CSEQ_RE = re.compile(r"([^ \t\r\n]+)[ \t]+([^ \t\r\n]+)\Z")
+_CSEQ_RE = re.compile(r"([^ \t\r\n]++)[ \t]++([^ \t\r\n]++)\Z")
 _VIA_RE = re.compile(
-    r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z]+[ \t\r\n]+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
-    r"((?:;[^;, \t\r\n]*[ \t\r\n]*)*)")                      # ;params
+    r"SIP[ \t]*+/[ \t]*+2\.0[ \t]*+/[ \t]*+[A-Za-z]++[ \t\r\n]++"
+    r"(\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9._-]++)(?:[ \t]*+:[ \t]*+([0-9]{1,5}+))?+[ \t]*+"
+    r"((?:;[^;, \t\r\n]*+[ \t\r\n]*+)*+)")                      # ;params
+# One header line with its continuation lines, as str.partition(":") splits it: the
+# name as written, the ':' ("" on a line without one), the text after it. It matches
+# at every line start, so findall() walks the block line by line and never rescans.
+_HEADER_RE = re.compile(r"([^:\n]*+)(:?)([^\n]*+(?:\n[ \t][^\n]*+)*+)\n")
+# Folding right after the ':' (Kamailio skips it): "\r\n " then blanks, repeated.
+_LEADING_FOLDS = re.compile(r"(?:(?=\r?\n[ \t])[\r\n]*+[ \t]*+)*+")
+_REQUIRED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"),
+             ("cseq", "CSeq"))
 
 
 def parse_request(data):
     """Parse one datagram into a Request, or raise SipError(reason, message)."""
-    text = data.decode("utf-8", "surrogateescape")
-    start = 0
-    n = len(text)
-    while start < n and text[start] in "\r\n\0 \t":
-        start += 1
-    eol = text.find("\n", start)
+    text = data.decode("utf-8", "surrogateescape").lstrip("\r\n\0 \t")
+    m = _REQUEST_LINE.match(text)
+    if m is not None:
+        method, uri = m.groups()
+        pos = m.end()
+    else:
+        method, uri, pos = _request_line(text)
+    lines, keys, first = _split_headers(text, pos)
+    try:
+        via, to, cseq = first["via"], first["to"], first["cseq"]
+        call_id, from_ = first["call-id"], first["from"]
+    except KeyError:
+        _missing_header(first)
+    via1 = parse_via(_value(via[2]))
+    if keys.count("via") > 1:
+        for key, line in zip(keys, lines):
+            if key == "via" and line is not via:
+                parse_via(_value(line[2]))
+    to_value = _value(to[2])
+    try:
+        to = parse_name_addr(to_value)
+    except AddrError as e:
+        raise SipError("bad_header", "bad To header: %s" % e) from None
+    cseq = _value(cseq[2])
+    m = _CSEQ_RE.match(cseq)
+    if not m:
+        raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
+    return Request(method, uri, lines, keys, first, to, to_value, _value(from_[2]),
+                   _value(call_id[2]), m.group(1), m.group(2), via1)
+
+
+def _missing_header(first):
+    for key, title in _REQUIRED:
+        if key not in first:
+            raise SipError("missing_header", "no %s header" % title)
+
+
+def _request_line(text):
+    """(method, uri, where the headers start) of a first line _REQUEST_LINE did not
+    take, or SipError."""
+    eol = text.find("\n")
     if eol < 0:
         raise SipError("bad_first_line", "no complete first line")
-    first = text[start:eol].rstrip("\r")
+    first = text[:eol].rstrip("\r")
     if first.startswith("SIP/"):
         raise SipError("response", "a SIP response, not a request: %r" % first[:60])
     parts = first.split(" ")
     if len(parts) != 3 or not parts[1] or not _TOKEN_RE.match(parts[0]) \
             or parts[2].upper() != _VERSION:
         raise SipError("bad_first_line", "bad request line %r" % first[:80])
-    method, uri = parts[0], parts[1]
-    headers = _split_headers(text, eol + 1)
-    return _build(method, uri, headers)
-
-
-# One header: its whole text, the name as written, and the value after ':' and blanks,
-# continuation lines included.
-_HEADER_RE = re.compile(r"(([^:\r\n]*):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)\n)")
+    return parts[0], parts[1], eol + 1
 
 
 def _split_headers(text, pos):
+    """(lines, keys, {key: first line}) of the header block at `pos` (see Request)."""
     # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
     if pos < len(text) and text[pos] in "\r\n":
-        return []
-    ends = [i for i in (text.find("\n\r\n", pos), text.find("\n\n", pos)) if i >= 0]
-    block = text[pos:min(ends) + 1] if ends else text[pos:]
-    if not block.endswith("\n"):
-        block += "\n"                            # datagram cut inside a header
-    found = _HEADER_RE.findall(block)
-    if sum(len(raw) for raw, _, _ in found) != len(block):
-        raise SipError("bad_header", "a header line without a name and ':' in %r"
-                       % block[:60])
-    keys = _KEYS
-    headers = []
-    for raw, name, value in found:
-        key = keys.get(name)
+        return [], [], {}
+    end = text.find("\n\r\n", pos)
+    lf = text.find("\n\n", pos, None if end < 0 else end + 1)
+    if lf >= 0:
+        end = lf
+    if end >= 0:
+        block = text[pos:end + 1]
+    else:
+        block = text[pos:]
+        if not block.endswith("\n"):
+            block += "\n"                        # datagram cut inside a header
+    if "\n " in block or "\n\t" in block:
+        lines = _HEADER_RE.findall(block)      # continuation lines
+    else:
+        lines = [line.partition(":") for line in block[:-1].split("\n")]
+    keys = [_KEYS.get(name) if colon else None for name, colon, _ in lines]
+    if None in keys:
+        keys = _new_keys(lines, keys, block)
+    first = dict(zip(reversed(keys), reversed(lines)))
+    length = first.get("content-length")
+    if length is not None:              # every Content-Length must be a number
+        if keys.count("content-length") == 1:
+            if _value(length[2]).isdigit():
+                return lines, keys, first
+        for key, line in zip(keys, lines):
+            if key == "content-length" and not _value(line[2]).isdigit():
+                raise SipError("bad_header", "bad Content-Length %r" % _value(line[2])[:40])
+    return lines, keys, first
+
+
+def _new_keys(lines, keys, block):
+    """`keys` with the names not seen before worked out, or SipError: first for any
+    line without a name and ':', then for the first name that is no token (the order
+    Kamailio's parser finds them in)."""
+    for name, colon, _ in lines:
+        if not colon or "\r" in name:
+            raise SipError("bad_header", "a header line without a name and ':' in %r"
+                           % block[:60])
+    keys = list(keys)
+    for i, key in enumerate(keys):
         if key is None:
-            key = _new_key(name)
-        if value[:1] in ("\r", "\n"):
-            value = _skip_leading_folds(value)
-        headers.append(Header(name.rstrip(_LWS), key, value.rstrip(" \t\r\n"), raw))
-    return headers
-
-
-def _new_key(name):
-    """header_key() of a header name not seen before; SipError if it is no token."""
-    stripped = name.rstrip(_LWS)
-    if not stripped or not _TOKEN_RE.match(stripped):
-        raise SipError("bad_header", "bad header name %r" % name[:40])
-    key = header_key(stripped)
-    if len(_KEYS) < 1000:                       # a bounded memo of the names seen
-        _KEYS[name] = key
-    return key
-
-
-def _skip_leading_folds(value):
-    while value[:3] in ("\r\n ", "\r\n\t") or value[:2] in ("\n ", "\n\t"):
-        value = value.lstrip("\r\n").lstrip(_LWS)
-    return value
+            name = lines[i][0]
+            stripped = name.rstrip(_LWS)
+            if not stripped or not _TOKEN_RE.match(stripped):
+                raise SipError("bad_header", "bad header name %r" % name[:40])
+            keys[i] = key = header_key(stripped)
+            if len(_KEYS) < 1000:                 # a bounded memo of the names seen
+                _KEYS[name] = key
+    return keys
 
 
 _KEYS = {}     # header name as written (before ':') -> header_key(name)
-
-
-def _build(method, uri, headers):
-    firsts = {}
-    vias = []
-    for h in headers:
-        firsts.setdefault(h.key, h)
-        if h.key == "via":
-            vias.append(h)
-        elif h.key == "content-length" and not h.value.isdigit():
-            raise SipError("bad_header", "bad Content-Length %r" % h.value[:40])
-    for key, title in (("via", "Via"), ("from", "From"), ("to", "To"),
-                       ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        if key not in firsts:
-            raise SipError("missing_header", "no %s header" % title)
-    via1 = parse_via(vias[0].value)
-    for h in vias[1:]:
-        parse_via(h.value)
-    try:
-        to = parse_name_addr(firsts["to"].value)
-    except AddrError as e:
-        raise SipError("bad_header", "bad To header: %s" % e) from None
-    m = _CSEQ_RE.match(firsts["cseq"].value)
-    if not m:
-        raise SipError("bad_header", "bad CSeq %r" % firsts["cseq"].value[:40])
-    return Request(method, uri, headers, to, firsts["call-id"].value,
-                   m.group(1), m.group(2), via1)
 
 
 def parse_via(value):
@@ -206,11 +262,14 @@ def parse_via(value):
     end = m.end() if m else 0
     if not m or (end < len(value) and value[end] != ","):
         raise SipError("bad_header", "bad Via %r" % value[:60])
+    host, port, param_text = m.groups()
     params = {}
-    for param in m.group(3).split(";")[1:]:
-        name, eq, pval = param.rstrip(" \t\r\n").partition("=")
-        params.setdefault(name.lower(), pval if eq else None)
-    return Via(m.group(1), int(m.group(2) or 0), params, end)
+    for param in param_text.split(";")[1:]:
+        name, eq, pval = param.rstrip(_BLANKS).partition("=")
+        name = name.lower()
+        if name not in params:
+            params[name] = pval if eq else None
+    return Via(host, int(port) if port else 0, params, end, value)
 
 
 # --- replies ---------------------------------------------------------------------
@@ -231,14 +290,13 @@ def to_tag_for(request, secret="kamflat"):
     head = _TAG_HEADS.get(secret)
     if head is None:
         head = _TAG_HEADS.setdefault(secret, "%08x" % zlib.crc32(secret.encode()) * 4)
-    branch = request.via1.params.get("branch") or ""
-    h = request.header("from")
-    seed = "%s|%s|%s" % (request.call_id, h.value if h else "", branch)
-    suffix = zlib.crc32(seed.encode("utf-8", "surrogateescape"))
-    return head + ".%08x" % suffix
+    seed = "%s|%s|%s" % (request.call_id, request.from_value,
+                         request.via1.params.get("branch") or "")
+    return "%s.%08x" % (head, zlib.crc32(seed.encode("utf-8", "surrogateescape")))
 
 
 _TAG_HEADS = {}
+_COPIED = frozenset(("via", "from", "to", "call-id", "cseq"))
 
 
 def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat"):
@@ -247,52 +305,49 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
     To tag added when the request has none, the top Via given received=/rport= when
     `source` (ip, port) says so, then Server and Content-Length: 0."""
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
-    first_via = True
-    for h in request.headers:
-        key = h.key
-        if key == "via" and first_via:
-            first_via = False
-            out.append(_via1_for_reply(h, request.via1, source))
-        elif key in ("via", "from", "call-id", "cseq") or (
-                key == "record-route" and 180 <= code < 300):
-            out.append(_with_crlf(h.raw))
-        elif key == "to" and h is request.header("to") and not request.to.tag and to_tag:
-            out.append(_insert_after_value(h, ";tag=" + to_tag))
-        elif key == "to":
-            out.append(_with_crlf(h.raw))
+    first = request.first
+    via1 = first["via"]
+    to = first["to"] if to_tag and not request.to.tag else None
+    record_route = 180 <= code < 300
+    for key, line in zip(request.keys, request.lines):
+        if key in _COPIED:
+            if line is via1:
+                out.append(_via1_for_reply(line, request.via1, source))
+            elif line is to:
+                out.append(_insert_after_value(line, request.to_value, ";tag=" + to_tag))
+            else:
+                out += line
+                out.append("\n")
+        elif key == "record-route" and record_route:
+            out += line
+            out.append("\n")
     if server:
         out.append("Server: %s\r\n" % server)
     out.append("Content-Length: 0\r\n\r\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def _with_crlf(raw):
-    return raw if raw.endswith("\n") else raw + "\r\n"
+def _insert_after_value(line, value, text):
+    """The header as sent with `text` inserted right after its value (_value())."""
+    name, colon, after = line
+    pos = after.find(value) + len(value)
+    return "%s%s%s%s%s\n" % (name, colon, after[:pos], text, after[pos:])
 
 
-def _value_start(h):
-    colon = h.raw.find(":") + 1
-    return h.raw.find(h.value, colon) if h.value else colon
+_RPORT = re.compile(r";[ \t]*+rport(=[0-9]*+)?+(?=[;, \t\r\n]|\Z)", re.I)
 
 
-def _insert_after_value(h, text):
-    """h.raw with `text` inserted right after the header's value."""
-    pos = _value_start(h) + len(h.value)
-    return _with_crlf(h.raw[:pos] + text + h.raw[pos:])
-
-
-def _via1_for_reply(h, via, source):
+def _via1_for_reply(line, via, source):
     if source is None:
         source = (via.host, via.port)
     ip, port = source[0], source[1]
-    value = h.value[:via.end]
-    rest = h.value[via.end:]
-    if "rport" in via.params:
-        value = re.sub(r";[ \t]*rport(=[0-9]*)?(?=[;, \t\r\n]|\Z)",
-                       ";rport=%d" % port, value, count=1, flags=re.I)
-    if "rport" in via.params or via.host.strip("[]") != ip:
-        value = value.rstrip(" \t\r\n") + ";received=" + (
-            "[%s]" % ip if ":" in ip else ip)
-    vstart = _value_start(h)
+    name, colon, after = line
+    full = via.value
+    value = full[:via.end]
+    rport = "rport" in via.params
+    if rport:
+        value = _RPORT.sub(";rport=%d" % port, value, count=1)
+    if rport or via.host.strip("[]") != ip:
+        value = value.rstrip(_BLANKS) + ";received=" + ("[%s]" % ip if ":" in ip else ip)
     # Kamailio rebuilds the top Via with a CR LF line end even when the request used LF
-    return h.raw[:vstart] + value + rest + "\r\n"
+    return "%s%s%s%s%s\r\n" % (name, colon, after[:after.find(full)], value, full[via.end:])

@@ -10,7 +10,7 @@ display name, the URI and the tag. URIs are in sipuri.py.
 import re
 from typing import NamedTuple
 
-from kamflat.proto.sipuri import AddrError
+from kamflat.proto.sipuri import AddrError, memoised
 
 
 class NameAddr(NamedTuple):
@@ -36,13 +36,15 @@ def _bad(c, status, buf, i):
 # Fast path: the shapes nearly all traffic has, matched by a regex whose every
 # accepted input the state machine below accepts with the same result (checked by a
 # property test in tests/test_sip.py). Anything else takes the state machine.
+# Possessive everywhere, so a failing match never backtracks (linear in the input);
+# a token display name is taken up to the '<' and its trailing blanks cut in Python.
 _NAME_ADDR_FAST = re.compile(
-    r'(?:("[^"\\\r\n\0]*")[ \t]*|([^"\\<>;\r\n\0]*?)[ \t]*)'    # display name
-    r'<([^ \t\r\n\\<>"\0;][^ \t\r\n\\<>"\0]*)>[ \t]*'                   # <uri>
-    r'((?:;[^;=,"\\ \t\r\n\0]+(?:=[^;=,"\\ \t\r\n\0]*)?)*)\Z')    # ;params
+    r'(?:("[^"\\\r\n\0]*+")[ \t]*+|([^"\\<>;\r\n\0]*+))'                # display name
+    r'<([^ \t\r\n\\<>"\0;][^ \t\r\n\\<>"\0]*+)>[ \t]*+'                  # <uri>
+    r'((?:;[^;=,"\\ \t\r\n\0]++(?:=[^;=,"\\ \t\r\n\0]*+)?+)*+)\Z')    # ;params
 
 
-def parse_name_addr(value):
+def _parse_name_addr(value):
     """Parse a From/To header body the way Kamailio's parse_to() does.
 
     `value` is the header body (folding kept); returns NameAddr or raises AddrError.
@@ -57,7 +59,14 @@ def parse_name_addr(value):
             name, _, pvalue = param.partition("=")
             if name.lower() == "tag":
                 tag = pvalue
-    return NameAddr(quoted or token or "", uri, tag)
+    display = quoted or (token.rstrip(" \t") if token else "")
+    return _new_name_addr(NameAddr, (display, uri, tag))
+
+
+parse_name_addr = memoised(_parse_name_addr)
+# The same without the memo, for values that rarely come again (a From has its tag).
+parse_name_addr_once = _parse_name_addr
+_new_name_addr = tuple.__new__     # NameAddr(...) without the Python-level __new__
 
 
 def _parse_name_addr_slow(value):

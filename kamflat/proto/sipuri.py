@@ -22,9 +22,10 @@ class Uri(NamedTuple):
 
 # Fast path for sip:user@host[:port][;params], checked against the state machine by a
 # property test in tests/test_sip.py. Anything else takes the state machine.
+# Possessive, so a failing match never backtracks (linear in the input).
 _URI_FAST = re.compile(
-    r'(sips?):([^@:;?\[\]]+)@([A-Za-z0-9][A-Za-z0-9.-]*)(?::([0-9]{1,5}))?'
-    r'(?:;[^@?]*)?\Z', re.I)
+    r'(sips?):([^@:;?\[\]]++)@([A-Za-z0-9][A-Za-z0-9.-]*+)(?::([0-9]{1,5}+))?+'
+    r'(?:;[^@?]*+)?+\Z', re.I)
 
 
 # --- URI (parse_uri.c) ---------------------------------------------------------------
@@ -37,12 +38,39 @@ _DIGITS = frozenset("0123456789")
 _SCHEMES = {"sip:": "sip", "sips": "sips", "tel:": "tel", "urn:": "urn"}
 
 
-def parse_uri(uri):
+def memoised(parse):
+    """`parse` with a bounded memo: the same To and URIs come again and again, so the
+    last few thousand short values parsed are kept (the results are immutable; values
+    that raise are not kept)."""
+    seen = {}
+
+    def parse_seen(value):
+        parsed = seen.get(value)
+        if parsed is None:
+            parsed = parse(value)
+            if len(value) <= MEMO_MAX_LEN:
+                if len(seen) >= MEMO_SIZE:
+                    seen.clear()
+                seen[value] = parsed
+        return parsed
+    parse_seen.__doc__ = parse.__doc__
+    return parse_seen
+
+
+MEMO_SIZE = 4096
+MEMO_MAX_LEN = 256
+
+
+def _parse_uri(uri):
     """Split a SIP/SIPS/TEL/URN URI as Kamailio's parse_uri() does, or raise AddrError."""
     m = _URI_FAST.match(uri)
     if m is None:
         return _parse_uri_slow(uri)
-    return Uri(m.group(1).lower(), m.group(2), m.group(3), m.group(4) or "")
+    scheme, user, host, port = m.groups()
+    return Uri(scheme.lower(), user, host, port or "")
+
+
+parse_uri = memoised(_parse_uri)
 
 
 def _parse_uri_slow(uri):

@@ -4,12 +4,15 @@
 sockets are opened once, before the writers fork, and every writer receives from all
 of them, as Kamailio's UDP receiver processes share one socket each.
 
-`serve_udp(socks, handler, write, stop)` is one writer's loop: receive a datagram,
-let the AccHandler decide, send the reply, hand the records to `write(table, values)`.
-The record is written before the reply is sent, so a client that got its reply can rely
-on the record being there (Kamailio's acc_db_request also runs before sl_send_reply).
+Writers wait on them in `selector()` (each datagram wakes one writer, see
+ExclusiveSelector); `drain()` takes a batch of datagrams from a socket: let the
+AccHandler decide, hand the records to `write`, send the reply. The record is written before the reply is
+sent, so a client that got its reply can rely on the record being there (Kamailio's
+acc_db_request also runs before sl_send_reply). `serve_udp(socks, handler, write,
+stop)` runs the same receive loop in a thread (for tests and embedding).
 """
 import errno
+import select
 import selectors
 import socket
 
@@ -50,39 +53,90 @@ def open_listen_sockets(listen_list):
     return socks
 
 
+class ExclusiveSelector(selectors.EpollSelector):
+    """An epoll selector that registers everything with EPOLLEXCLUSIVE.
+
+    Every writer holds the same UDP sockets (opened before the fork). Were they all
+    plainly waiting on them, each datagram would wake every writer and all but one would
+    find nothing (a thundering herd: CPU per request growing with `children`). With
+    EPOLLEXCLUSIVE the kernel wakes one writer that is waiting, as Kamailio's blocking
+    recvfrom() in each UDP receiver process does. (For a writer's own sockets and pipes
+    the flag changes nothing: it is their only waiter.) modify() is not available:
+    unregister and register again."""
+    _EVENT_READ = select.EPOLLIN | getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+def selector():
+    """The selector a process receiving from the shared UDP sockets waits in: an
+    ExclusiveSelector where the kernel has EPOLLEXCLUSIVE (Linux >= 4.5), else the
+    default one."""
+    if getattr(select, "EPOLLEXCLUSIVE", 0):
+        probe = select.epoll()
+        r, w = socket.socketpair()
+        try:
+            probe.register(r.fileno(), ExclusiveSelector._EVENT_READ)
+            return ExclusiveSelector()
+        except OSError:
+            pass
+        finally:
+            probe.close()
+            r.close()
+            w.close()
+    return selectors.DefaultSelector()
+
+
 def serve_udp(socks, handler, write, stop, on_reason=None, poll_interval=0.05):
-    """Serve until the threading.Event-like `stop` is set (checked every poll_interval).
+    """Serve until the threading.Event-like `stop` is set (checked every poll_interval),
+    with the selector and drain() a writer process uses.
 
     write(table, values) stores one record; on_reason(text, source) is told why a
     datagram was dropped or not accounted (for the log)."""
-    with selectors.DefaultSelector() as sel:
+    def write_all(records):
+        for table, values in records:
+            write(table, values)
+        return True
+
+    with selector() as sel:
         for sock in socks:
             sel.register(sock, selectors.EVENT_READ)
         while not stop.is_set():
             for key, _ in sel.select(poll_interval):
-                _drain(key.fileobj, handler, write, on_reason)
+                drain(key.fileobj, handler, write_all, on_reason)
 
 
-def _drain(sock, handler, write, on_reason, budget=64):
-    """Handle the datagrams waiting on one socket (a bounded batch, so other sockets and
-    the stop flag are seen soon)."""
-    for _ in range(budget):
+def drain(sock, handler, write, on_reason=None, on_send_error=None, budget=64):
+    """Handle the datagrams waiting on one socket, at most `budget` (so other sockets
+    and the caller's other work are seen soon). Each goes to handler.handle(); its
+    records to write(records), which returns False when they could not be written yet
+    (then nothing more is taken: the caller keeps them and retries); then the reply is
+    sent. on_reason(text, source) is told why a datagram was dropped or not accounted;
+    on_send_error(exc, reply_to) when a reply could not be sent. Returns how many
+    datagrams were taken."""
+    taken = 0
+    while taken < budget:
         try:
             data, source = sock.recvfrom(MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
-            return
+            break
         except OSError as e:            # e.g. ICMP port unreachable from a past reply
             if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 continue
             raise
+        taken += 1
         outcome = handler.handle(data, source)
-        for table, values in outcome.records:
-            write(table, values)
+        # As Kamailio: the record is written before the reply goes out, so a client
+        # that reads the acc file after its reply finds it (flush=1).
+        written = write(outcome.records) if outcome.records else True
         if outcome.reason and on_reason:
             on_reason(outcome.reason, source)
         if outcome.reply is not None:
             try:
                 sock.sendto(outcome.reply, outcome.reply_to)
             except OSError as e:
-                if on_reason:
+                if on_send_error:
+                    on_send_error(e, outcome.reply_to)
+                elif on_reason:
                     on_reason("reply to %s not sent: %s" % (outcome.reply_to, e), source)
+        if not written:
+            break           # writes are failing: take nothing more until they succeed
+    return taken

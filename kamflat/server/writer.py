@@ -28,6 +28,7 @@ import time
 
 from kamflat.proto import ingest as ingestwire
 from kamflat.flatstore.connection import FlatstoreError
+from kamflat.server import sipnet
 
 log = logging.getLogger("kamflat.writer")
 
@@ -92,7 +93,7 @@ class Writer:
     # -- main loop ----------------------------------------------------------
     def run(self):
         self.init_signals()
-        sel = selectors.DefaultSelector()
+        sel = sipnet.selector()     # a datagram wakes one writer, not all of them
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         if self.control_sock is not None:
             sel.register(self.control_sock, selectors.EVENT_READ, "control")
@@ -203,33 +204,26 @@ class Writer:
                       self.rank, report, exc)
 
     def on_datagram(self, sock):
-        """Answer and account the datagrams waiting on `sock` (a few per wake-up)."""
-        handle = self.sip.handle     # never raises for bad input
-        for _ in range(DATAGRAMS_PER_WAKEUP):
-            try:
-                data, addr = sock.recvfrom(65535)
-            except BlockingIOError:
-                break
-            outcome = handle(data, addr)
-            if outcome.records:
-                # As Kamailio: the record is written before the reply goes out, so a
-                # client that reads the acc file after its reply finds it (flush=1).
-                self.pending.append(collections.deque(outcome.records))
-                self.work()
-            if outcome.reply:
-                try:
-                    sock.sendto(outcome.reply, outcome.reply_to or addr)
-                except OSError as exc:
-                    log.warning("writer %d: could not send SIP reply to %s: %s",
-                                self.rank, addr, exc)
-            if outcome.reason:
-                log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1],
-                         outcome.reason)
-            if self.pending:
-                break     # writes are failing: take nothing more until they succeed
+        """Answer and account the datagrams waiting on `sock` (a few per wake-up), with
+        the receive loop the tests drive (sipnet.drain)."""
+        sipnet.drain(sock, self.sip, self.take_sip_records, self.log_sip_reason,
+                     self.log_sip_send_error, DATAGRAMS_PER_WAKEUP)
         for name, n in self.sip.take_counters().items():
             group, _, stat = name.partition(":")
             self.state.add(group, stat, n)
+
+    def take_sip_records(self, records):
+        """Write one request's records (before its reply is sent); False when they
+        could not be written yet: they stay pending and nothing more is taken."""
+        self.pending.append(collections.deque(records))
+        self.work()
+        return not self.pending
+
+    def log_sip_reason(self, reason, addr):
+        log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1], reason)
+
+    def log_sip_send_error(self, exc, addr):
+        log.warning("writer %d: could not send SIP reply to %s: %s", self.rank, addr, exc)
 
     def on_control(self):
         try:

@@ -12,7 +12,9 @@ names given with --keys.
 import argparse
 import json
 import os
+import re
 import sys
+from itertools import repeat
 
 from kamflat.flatstore import reader
 
@@ -78,6 +80,74 @@ class Printer:
         self.table = source.table
         self.keys = source.keys
         self.out = sys.stdout.buffer
+        # The JSON of a record is written from a template per file and field count when
+        # the record's text needs no JSON escaping (see write_records); with repeated
+        # keys or one named _extra the record dict is not a plain zip: one at a time.
+        self._templates = {}
+        self._templated = len(set(self.keys)) == len(self.keys) and "_extra" not in self.keys
+
+    def write_records(self, records, file_name):
+        """A run of records (bytes without their newline) from one file."""
+        if not self.json:
+            self.out.write(b"\n".join(records) + b"\n")
+            return
+        if self._templated:
+            text = b"\n".join(records)
+            try:
+                text = text.decode()
+            except UnicodeDecodeError:
+                text = None        # bytes that are not UTF-8: the general way
+            if text is not None and not _JSON_SPECIAL.search(text):
+                self.out.write(self._json_lines(text, file_name).encode() + b"\n")
+                return
+        for raw in records:
+            self.write(raw, file_name)
+
+    def _json_lines(self, text, file_name):
+        """What write() prints for each line of `text` (which has nothing JSON escapes),
+        formatted from templates: json.dumps's output, byte for byte."""
+        lines = text.split("\n")
+        count = lines[0].count("|") + 1
+        if list(map(str.count, lines, repeat("|"))).count(count - 1) == len(lines):
+            # Every record has `count` fields: format them column-wise, all in C calls.
+            fields = text.replace("\n", "|").split("|")
+            if self.decode and reader.ENCODED_DELIMITER in text:
+                fields = list(map(str.replace, fields, repeat(reader.ENCODED_DELIMITER),
+                                  repeat("|")))
+            columns = [fields[i::count] for i in range(count)]
+            rows = zip(*columns, *columns) if self.keys else zip(*columns)
+            return "\n".join(map(self._template_for(file_name, count).__mod__, rows))
+        out = []
+        for line in lines:
+            values = line.split("|")
+            if self.decode and reader.ENCODED_DELIMITER in line:
+                values = [reader.decode_value(v) for v in values]
+            template = self._template_for(file_name, len(values))
+            out.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
+        return "\n".join(out)
+
+    def _template_for(self, file_name, count):
+        template = self._templates.get((file_name, count))
+        if template is None:
+            template = self._templates[file_name, count] = self._template(file_name, count)
+        return template
+
+    def _template(self, file_name, count):
+        """A %-template of write()'s JSON for a record of `count` values, each value a
+        %s inside quotes (twice when the record dict is printed too)."""
+        def quoted(text):
+            return json.dumps(text, ensure_ascii=False).replace("%", "%%")
+        fields = ", ".join(['"%s"'] * count)
+        head = "{%s: %s, %s: %s, %s: [%s]" % (
+            quoted("table"), quoted(self.table), quoted("file"), quoted(file_name),
+            quoted("values"), fields)
+        if not self.keys:
+            return head + "}"
+        named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
+        if count > len(self.keys):
+            named.append('%s: [%s]' % (quoted("_extra"),
+                                       ", ".join(['"%s"'] * (count - len(self.keys)))))
+        return head + ", %s: {%s}}" % (quoted("record"), ", ".join(named))
 
     def write(self, raw, file_name):
         if not self.json:
@@ -137,10 +207,14 @@ def run(command, argv):
     return 0
 
 
+# What json.dumps escapes in a string (the newline is the record separator here).
+_JSON_SPECIAL = re.compile('[\x00-\x09\x0b-\x1f"\\\\]')
+
+
 def cat(args, source, printer):
-    for record in reader.read_table(source.directory, source.table, args.rotated,
-                                    source.time_index):
-        printer.write(record.raw, record.file)
+    for file_name, records in reader.read_table_chunks(
+            source.directory, source.table, args.rotated, source.time_index):
+        printer.write_records(records, file_name)
 
 
 def follow(args, source, printer):

@@ -1,0 +1,173 @@
+"""Reading speed: `kamflat cat` and `kamflat cat --json` over generated acc files against
+`sort -m -s -t'|' -k7,7n` on the same files, and `kamflat follow` keeping up with a writer.
+
+Files: the records of `kamflat gen` (seeded, db_extra columns, edge cases), spread over
+FILES per-process files as a server's writers would (acc_129.log ...), in time order in
+each file; --rotated adds a rotated and a gzip-compressed generation of each file.
+Printed per reader: seconds, records/s, and the ratio to sort -m over the same files
+(target: cat >= 0.3x sort -m, cat --json >= 0.5x cat); all in the same invocation.
+Then `kamflat follow` reads while a writer appends as fast as it can (a kamflat
+flatstore connection with flush=1, the way `kamflat serve` writes): records/s written,
+records/s followed, and the lag (records written but not yet printed) at the end of
+the write and how long follow took to catch up.
+
+    python3 benchmarks/bench_read.py [--records 1000000] [--files 4] [--cps 200]
+                                     [--rotated] [--follow-seconds 3]
+"""
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import kamflat  # noqa: E402
+from kamflat.flatstore.record import make_encoder  # noqa: E402
+from kamflat.tools.gen import CallGenerator  # noqa: E402
+
+EXTRA = ["src_user", "src_domain", "dst_ouser"]
+CONFIG = """loadmodule "acc.so"
+modparam("acc", "db_url", "flatstore:{directory}")
+modparam("acc", "db_extra", "src_user=$fU;src_domain=$fd;dst_ouser=$tU")
+"""
+
+
+def make_files(directory, records, files=4, cps=200.0, seed=1, suffix="", edge=True):
+    """Write `records` acc records over `files` files acc_129.log... (+ `suffix`); returns
+    the number written. Records go to the files round-robin, as calls spread over the
+    writers of a server, each file in time order."""
+    generator = CallGenerator(seed=seed, cps=cps, extra=True,
+                              edge_cases=["pipe", "utf8", "percent", "empty"] if edge else [])
+    encode = make_encoder()
+    outs = [open(os.path.join(directory, "acc_%d.log%s" % (129 + i, suffix)), "ab")
+            for i in range(files)]
+    written = 0
+    try:
+        for n, record in enumerate(generator.records()):
+            if written >= records:
+                break
+            if record["table"] != "acc":
+                continue
+            outs[n % files].write(encode(record["values"]))
+            written += 1
+    finally:
+        for out in outs:
+            out.close()
+    return written
+
+
+def timed(command, **kw):
+    """Seconds one command took and its output size in bytes."""
+    start = time.perf_counter()
+    out = subprocess.run(command, stdout=subprocess.PIPE, check=True, **kw).stdout
+    return time.perf_counter() - start, out
+
+
+def kamflat_command(*args):
+    return [sys.executable, "-m", "kamflat", *args]
+
+
+def env():
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = str(REPO)
+    return environment
+
+
+def bench_cat(directory, records, rotated):
+    files = sorted(str(p) for p in Path(directory).iterdir()
+                   if p.name.endswith(".log") or (rotated and ".log." in p.name
+                                                  and not p.name.endswith(".gz")))
+    print("%d records in %d files%s" % (records, len(list(Path(directory).iterdir())),
+                                       " (live, rotated and gzip'ed)" if rotated else ""))
+    base, _ = timed(["sort", "-m", "-s", "-t|", "-k7,7n"] + files,
+                    env=dict(os.environ, LC_ALL="C"))
+    extra = ["--rotated"] if rotated else []
+    cat, plain = timed(kamflat_command("cat", "--dir", directory, *extra, "acc"), env=env())
+    js, _ = timed(kamflat_command("cat", "--dir", directory, "--json", *extra, "acc"),
+                  env=env())
+    lines = plain.count(b"\n")
+    print("%-22s %7.2f s %10.0f rec/s" % ("sort -m (baseline)", base, lines / base)
+          + ("  (uncompressed files only)" if rotated else ""))
+    print("%-22s %7.2f s %10.0f rec/s  %.2fx sort -m (target >= 0.3)"
+          % ("kamflat cat", cat, lines / cat, base / cat))
+    print("%-22s %7.2f s %10.0f rec/s  %.2fx kamflat cat (target >= 0.5)"
+          % ("kamflat cat --json", js, lines / js, cat / js))
+
+
+def bench_follow(directory, seconds):
+    """A writer appends as fast as it can for `seconds` while `kamflat follow` prints."""
+    follow = subprocess.Popen(kamflat_command("follow", "--dir", directory, "--new", "acc"),
+                              stdout=subprocess.PIPE, env=env())
+    seen = [0]
+
+    def count():
+        for chunk in iter(lambda: follow.stdout.read1(1 << 16), b""):
+            seen[0] += chunk.count(b"\n")
+    reader = threading.Thread(target=count, daemon=True)
+    reader.start()
+    time.sleep(1.0)                     # follow is watching before the first write
+    conn = kamflat.connect("flatstore:" + directory, rank=9, flush=True)
+    conn.use_table("acc")
+    generator = CallGenerator(seed=2, cps=1000, extra=True)
+    records = (r["values"] for r in generator.records() if r["table"] == "acc")
+    written, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            conn.insert(None, next(records))
+        written += 1000
+    write_seconds = time.perf_counter() - start
+    conn.close()
+    lag = written - seen[0]
+    deadline = time.monotonic() + 60
+    while seen[0] < written and time.monotonic() < deadline:
+        time.sleep(0.01)
+    caught_up = time.perf_counter() - start - write_seconds
+    follow.terminate()
+    follow.wait(10)
+    print("follow: writer %.0f rec/s for %.1f s; lag at the end of the write %d records; "
+          "caught up %.2f s later (%d of %d printed)"
+          % (written / write_seconds, write_seconds, lag, caught_up, seen[0], written))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1000000)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--cps", type=float, default=200.0,
+                        help="call attempts per simulated second (how many records share a "
+                             "time value)")
+    parser.add_argument("--rotated", action="store_true",
+                        help="also a rotated and a gzip'ed generation of each file")
+    parser.add_argument("--follow-seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bench_read.")
+    try:
+        records = make_files(tmp, args.records, args.files, args.cps)
+        if args.rotated:
+            records += make_files(tmp, args.records, args.files, args.cps, seed=3,
+                                  suffix=".1")
+            records += make_files(tmp, args.records, args.files, args.cps, seed=4,
+                                  suffix=".2")
+            for path in Path(tmp).glob("*.log.2"):
+                with open(path, "rb") as src, gzip.open(str(path) + ".gz", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                path.unlink()
+        bench_cat(tmp, records, args.rotated)
+        if args.follow_seconds > 0:
+            follow_dir = os.path.join(tmp, "follow")
+            os.mkdir(follow_dir)
+            bench_follow(follow_dir, args.follow_seconds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
