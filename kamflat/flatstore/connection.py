@@ -18,8 +18,15 @@ Where this differs from Kamailio on purpose:
   raises FlatstoreError naming the path; nothing of that record stays in the file or the
   buffer, and the same insert can be retried. The connection recovers by itself when the
   directory is back: no restart, no rotation needed.
+- A file that ends in a partial record when it is opened (a process killed in the middle
+  of a write, of any program) is cut back to its last newline, and the cut is logged: no
+  record is ever appended after half a record.
+- Each table keeps count of the records it handed to the OS (`written_count()`), and
+  `check_files()` finds files deleted or replaced under the connection since the last
+  check, so a caller can tell when a record is really in the file at its path.
 """
 import fcntl
+import logging
 import mmap
 import os
 import tempfile
@@ -33,10 +40,19 @@ __all__ = ["connect", "FlatConnection", "RotationCounter", "FlatstoreError",
 URL_SCHEME = "flatstore:"
 FILE_SUFFIX = ".log"
 FILE_MODE = 0o644
-OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# Read access too: opening checks whether the file ends in a partial record.
+OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+TAIL_BLOCK = 64 * 1024    # how far back a torn tail is looked for, per read
 BUFFER_SIZE = 64 * 1024  # flush=False writes the buffered records once they reach this
 _write = os.write         # one global lookup on the insert path instead of two
 _NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a counter: 0
+
+log = logging.getLogger("kamflat.flatstore")
+
+
+def _private_cell(table):
+    """A written-records counter nobody else reads (a connection without statistics)."""
+    return memoryview(bytearray(8)).cast("Q")
 
 
 class FlatstoreError(Exception):
@@ -151,24 +167,57 @@ class RotationCounter:
 
 class _TableFile:
     """DIR/<table>_<N>.log: its descriptor once opened, and (flush=False) the records not
-    written yet. Every write leaves the file at a record boundary."""
-    __slots__ = ("path", "fd", "pending", "pending_size")
+    written yet. Every write leaves the file at a record boundary.
 
-    def __init__(self, path):
+    `written` counts every record handed to the OS since the connection began (it only
+    grows: it numbers the records, so a caller can tell when record k is in the OS);
+    `cell` is the shared written-records statistic, kept in step with every write."""
+    __slots__ = ("path", "fd", "pending", "pending_size", "written", "cell", "ident")
+
+    def __init__(self, path, cell):
         self.path = path
         self.fd = None
         self.pending = []
         self.pending_size = 0
+        self.written = 0
+        self.cell = cell
+        self.ident = None        # (st_dev, st_ino) of the open file
 
     def open(self):
         try:
-            self.fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            try:
+                fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            except PermissionError:    # writable, not readable: append without the check
+                fd = os.open(self.path, OPEN_FLAGS & ~os.O_RDWR | os.O_WRONLY, FILE_MODE)
+            else:
+                cut_torn_tail(fd, self.path)
+            st = os.fstat(fd)
         except OSError as error:
             raise FlatstoreError("cannot open flatstore file %s: %s (the directory %s must "
                                  "exist and be writable)" % (self.path, error.strerror,
                                                              os.path.dirname(self.path)),
                                  self.path) from None
-        return self.fd
+        self.fd, self.ident = fd, (st.st_dev, st.st_ino)
+        return fd
+
+    def where(self):
+        """'ok', or what happened to the open file: 'deleted' (no name left: what was
+        written since the last check is gone with it) or 'moved' (still has a name, but
+        not this path: renamed, e.g. by a rotation; what it holds is whole)."""
+        if self.fd is None:
+            return "ok"
+        if os.fstat(self.fd).st_nlink == 0:
+            return "deleted"
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return "moved"
+        return "ok" if (st.st_dev, st.st_ino) == self.ident else "moved"
+
+    def drop_fd(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     def failed(self, error):
         return FlatstoreError("cannot write to flatstore file %s: %s"
@@ -222,7 +271,8 @@ class _TableFile:
             self.finish(data, written, record_sizes)
 
     def write_pending(self):
-        """Write the buffered records; on failure keep those that did not reach the file."""
+        """Write the buffered records (one write() of whole records); on failure keep
+        those that did not reach the file."""
         if not self.pending:
             return
         try:
@@ -231,7 +281,11 @@ class _TableFile:
             done = getattr(error, "records_written", 0)
             del self.pending[:done]
             self.pending_size = sum(map(len, self.pending))
+            self.written += done
+            self.cell[0] += done
             raise
+        self.written += len(self.pending)
+        self.cell[0] += len(self.pending)
         self.pending.clear()
         self.pending_size = 0
 
@@ -239,9 +293,28 @@ class _TableFile:
         try:
             self.write_pending()
         finally:
-            if self.fd is not None:
-                fd, self.fd = self.fd, None
-                os.close(fd)
+            self.drop_fd()
+
+
+def cut_torn_tail(fd, path):
+    """If the file ends in a partial record (a writer killed mid-write), cut it back to its
+    last newline: those bytes were never reported as written. Returns the bytes cut."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    end = size
+    while end > 0:
+        start = max(0, end - TAIL_BLOCK)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    head = os.pread(fd, min(60, size - end), end)
+    os.ftruncate(fd, end)
+    log.warning("flatstore file %s ended in a partial record: cut %d bytes beginning %r "
+                "(never reported as written)", path, size - end, head)
+    return size - end
 
 
 # ---- the connection --------------------------------------------------------------------
@@ -254,8 +327,11 @@ class FlatConnection:
     """
 
     def __init__(self, directory, rank=1, flush=True, encode_delimiter=True,
-                 encode_newlines=False, rotation=None):
+                 encode_newlines=False, rotation=None, written_cell=None):
+        """written_cell(table) -> a one-item memoryview ("Q") the connection adds every
+        record written into `table` to, as it writes it (shared statistics)."""
         self.directory = os.path.abspath(directory)
+        self._written_cell = written_cell or _private_cell
         self.rank = rank
         self.flush = bool(flush)
         self.rotation = rotation
@@ -282,7 +358,8 @@ class FlatConnection:
         if current is None:
             if self._closed:
                 raise FlatstoreError("flatstore connection to %s is closed" % self.directory)
-            current = self._files[table] = _TableFile(self.path(table))
+            current = self._files[table] = _TableFile(self.path(table),
+                                                      self._written_cell(table))
         self._current = current
 
     def insert(self, keys, values):
@@ -315,6 +392,8 @@ class FlatConnection:
                 raise table.failed(error) from None
             if written != len(line):
                 table.finish(line, written, (len(line),))
+            table.written += 1
+            table.cell[0] += 1
         else:
             if table.fd is None:
                 table.open()  # a missing directory fails now, not at some later flush
@@ -344,6 +423,79 @@ class FlatConnection:
     def buffered(self):
         """True when flush=False holds records that are not in a file yet."""
         return any(table.pending for table in self._files.values())
+
+    def written_count(self, table):
+        """Records of `table` handed to the OS since this connection began."""
+        current = self._files.get(table)
+        return current.written if current is not None else 0
+
+    def taken_count(self, table):
+        """Records of `table` inserted since this connection began (written or buffered):
+        a record is in the OS once written_count() has reached its number."""
+        current = self._files.get(table)
+        return current.written + len(current.pending) if current is not None else 0
+
+    def check_files(self):
+        """Compare each open file with what is at its path now: {table: 'deleted' or
+        'moved'} for those that differ. Both are closed: the next insert reopens by name,
+        and buffered records stay buffered, for the new file. A deleted file took what was
+        written into it with it; it is up to the caller to insert again what it had not
+        reported yet (and uncount() it)."""
+        found = {}
+        for name, table in self._files.items():
+            try:
+                where = table.where()
+            except OSError as error:   # fstat of our own descriptor: never expected
+                log.error("cannot check flatstore file %s: %s", table.path, error)
+                continue
+            if where != "ok":
+                found[name] = where
+                table.drop_fd()
+        return found
+
+    def uncount(self, table, n):
+        """Take n records off `table`'s written statistic (they went into a deleted file
+        and are about to be inserted again)."""
+        cell = self._files[table].cell
+        cell[0] -= min(n, cell[0])
+
+    def discard_buffered(self, table=None):
+        """Drop what flush=False holds back for `table` (every table if None), without
+        writing it: for records the caller has reported as not written, or will insert
+        again. Returns how many records were dropped."""
+        tables = self._files.values() if table is None else [self._files[table]]
+        dropped = 0
+        for current in tables:
+            dropped += len(current.pending)
+            current.pending.clear()
+            current.pending_size = 0
+        return dropped
+
+    def repair_files(self):
+        """Cut any of this connection's files in the directory that ends in a partial
+        record (see cut_torn_tail); a writer does this when it starts. Returns the paths
+        that were cut."""
+        cut = []
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return cut     # a missing directory is reported by the first insert
+        for name in sorted(names):
+            if not name.endswith(self._suffix):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if cut_torn_tail(fd, path):
+                    cut.append(path)
+            except OSError as error:
+                log.error("cannot check flatstore file %s: %s", path, error.strerror)
+            finally:
+                os.close(fd)
+        return cut
 
     def _each_table(self, action):
         first_error = None
@@ -400,15 +552,16 @@ for _name in UNSUPPORTED_OPERATIONS:
 
 
 def connect(url, rank=1, flush=True, encode_delimiter=True, encode_newlines=False,
-            rotation=None):
+            rotation=None, written_cell=None):
     """Open a flatstore connection: `connect("flatstore:/var/log/acc", rank=1)`.
 
     rank picks the file number as Kamailio's process rank does (1 -> acc_129.log, 0 ->
     acc_0.log, -1 -> acc_1.log). flush and encode_delimiter are db_flatstore's params;
     encode_newlines (kamflat's own) also writes CR/LF in strings as %0D/%0A. rotation is
-    a RotationCounter shared with whoever rotates. The directory is not checked here:
-    like Kamailio, the first insert opens the file.
+    a RotationCounter shared with whoever rotates; written_cell see FlatConnection. The
+    directory is not checked here: like Kamailio, the first insert opens the file.
     """
     return FlatConnection(parse_url(url), rank=rank, flush=flush,
                           encode_delimiter=encode_delimiter,
-                          encode_newlines=encode_newlines, rotation=rotation)
+                          encode_newlines=encode_newlines, rotation=rotation,
+                          written_cell=written_cell)

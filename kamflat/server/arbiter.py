@@ -63,6 +63,8 @@ class Arbiter:
         self.listener = None
         if s.ingest_socket:
             self.listener = _listen_unix(s.ingest_socket)
+            st = os.lstat(s.ingest_socket)
+            self.listener_ident = (st.st_dev, st.st_ino)   # the ingest removes only this one
         data_pairs = {rank: seqpacket_pair() for rank in s.ranks}
         control_pairs = {rank: seqpacket_pair(1 << 16) for rank in s.ranks}
         for rank in s.ranks:
@@ -82,9 +84,10 @@ class Arbiter:
     def writer_target(self, rank, data_sock, control_sock):
         def run():
             s = self.settings
-            conn = flatstore.connect(s.db_url, rank=rank, flush=s.flush,
-                                     encode_delimiter=s.encode_delimiter,
-                                     encode_newlines=s.encode_newlines, rotation=self.rotation)
+            conn = flatstore.connect(
+                s.db_url, rank=rank, flush=s.flush, encode_delimiter=s.encode_delimiter,
+                encode_newlines=s.encode_newlines, rotation=self.rotation,
+                written_cell=lambda table: self.state.cell("flatstore", table + "_written"))
             return Writer(rank, conn, self.state, control_sock=control_sock,
                           data_sock=data_sock if self.listener is not None else None,
                           udp_socks=self.udp_socks, sip_handler=s.sip).run()
@@ -93,7 +96,8 @@ class Arbiter:
     def ingest_target(self, writer_socks):
         def run():
             from kamflat.server.ingest import Ingest
-            return Ingest(self.listener, writer_socks, self.state).run()
+            return Ingest(self.listener, writer_socks, self.state,
+                          path=self.settings.ingest_socket, ident=self.listener_ident).run()
         return run
 
     def management_target(self, control_socks):
@@ -218,12 +222,19 @@ class Arbiter:
         ingest = [c for c in self.children if c.rank == INGEST_RANK]
         writers = [c for c in self.children if c.rank > 0]
         for stage in (ingest, writers, [self.management]):
-            self.terminate(stage)
+            failed = self.terminate(stage)
+            if failed:
+                # A writer that could not write everything says so and exits 1 (the
+                # senders were told which lines): so does the server.
+                log.error("%s did not stop cleanly", ", ".join(failed))
+                self.exit_code = self.exit_code or 1
         if self.listener is not None:
             _unlink(self.settings.ingest_socket)
         log.info("kamflat stopped")
 
     def terminate(self, children):
+        """SIGTERM `children`, reap them; the descriptions of those that exited non-zero."""
+        failed = []
         for child in children:
             if child.pid:
                 _kill(child.pid, signal.SIGTERM)
@@ -233,8 +244,11 @@ class Arbiter:
                 try:
                     pid, status = os.waitpid(child.pid, os.WNOHANG)
                 except ChildProcessError:
-                    pid = child.pid
+                    pid, status = child.pid, 0
                 if pid:
+                    if status:
+                        failed.append("%s (pid %d, %s)" % (child.desc, pid,
+                                                           _describe_status(status)))
                     child.pid = 0
                     break
                 if time.monotonic() > deadline:
@@ -242,6 +256,7 @@ class Arbiter:
                     _kill(child.pid, signal.SIGKILL)
                     deadline = time.monotonic() + STOP_TIMEOUT
                 time.sleep(0.01)
+        return failed
 
 
 def _stop_with_parent(master_pid):

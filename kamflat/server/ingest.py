@@ -4,19 +4,26 @@ It does no per-record work. It cuts each connection's stream at line ends into
 chunks (up to 64 KiB), numbers them by their first line, and hands each chunk to
 whichever writer can take it (round robin over the writers' data sockets). When
 every writer is full it stops reading from senders, so the kernel slows them down:
-backpressure, never a drop. Writers report each chunk back once it is written;
+backpressure, never a drop. Writers report each chunk back once it is in the OS;
 the reports carry the errors, which go back to the sender with their line numbers.
+The messages and the book of where each chunk is are kamflat.proto.link's.
+
+At a stop it takes what senders already sent, hands it over, tells every writer
+`stop` (no more chunks: write or give up within the grace), waits for the reports,
+tells each sender exactly which of its lines were written, and removes the ingest
+socket (so does the master; this covers a master killed with -9).
 """
 import collections
-import json
 import logging
 import os
 import selectors
 import signal
+import socket
+import struct
 import time
 
 from kamflat.proto import ingest as ingestwire
-from kamflat.server.writer import CHUNK_HEADER, MARKER
+from kamflat.proto import link
 
 log = logging.getLogger("kamflat.server.ingest")
 
@@ -24,6 +31,7 @@ READ_SIZE = 1 << 16
 MAX_OUTPUT = 1 << 20      # error replies a sender has not read yet; past this, stop reading it
 STOP_GRACE = 10.0         # how long a stop waits for writers to report outstanding chunks
 STOP_READ_BUDGET = 1 << 22  # at a stop, bytes still read from each sender (what it had sent)
+_PEERCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 class Sender:
@@ -41,7 +49,16 @@ class Sender:
         self.outstanding = 0      # chunks handed to writers and not yet reported
         self.written = 0
         self.errors = 0
+        self.not_written = 0      # lines a stopping writer could not write
         self.done_sent = False
+        try:
+            self.pid = _PEERCRED.unpack(sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
+        except OSError:
+            self.pid = 0
+
+    def describe(self):
+        return "sender pid %d (connection %#x)" % (self.pid, self.id)
 
     def lines_taken(self):
         return self.next_line - 1
@@ -52,20 +69,17 @@ class Sender:
 
 
 class Ingest:
-    def __init__(self, listener, writer_socks, state):
+    def __init__(self, listener, writer_socks, state, path=None, ident=None):
+        """path, ident: the ingest socket's path and (st_dev, st_ino), removed at a stop
+        if it is still that socket."""
         self.listener = listener
+        self.path, self.ident = path, ident
         self.writers = list(writer_socks)
         self.state = state
         self.senders = {}                      # connection id -> Sender
         self.by_fd = {}                        # socket fd -> Sender
         self.queue = collections.deque()      # chunks waiting for a writer with room
-        # Per writer socket: chunks handed over and not yet taken (in order), and the one
-        # the writer holds. A writer takes one chunk at a time and says so, so after a
-        # writer died the lost lines are known exactly: the chunk it held, and a chunk it
-        # had read but not yet announced (found when its successor takes a later one, or
-        # reaches the marker sent when it said hello).
-        self.handed = {w.fileno(): collections.deque() for w in self.writers}
-        self.held = {}
+        self.ledger = link.Ledger([w.fileno() for w in self.writers])
         self.by_writer_fd = {w.fileno(): w for w in self.writers}
         self.next_writer = 0
         self.counter = 0
@@ -167,7 +181,7 @@ class Ingest:
             sender.inbuf = b""
             sender.skipping = True
         if complete:
-            self.queue.append((sender, CHUNK_HEADER.pack(sender.id, sender.next_line) + complete))
+            self.queue.append((sender, link.chunk(sender.id, sender.next_line, complete)))
             sender.outstanding += 1
             sender.next_line += complete.count(b"\n")
         self.maybe_done(sender)
@@ -222,14 +236,14 @@ class Ingest:
                     break
                 self.next_writer = (self.next_writer + attempt + 1) % len(self.writers)
                 self.queue.popleft()
-                self.handed[w.fileno()].append((sender, message))   # (sender, chunk)
+                self.ledger.hand(w.fileno(), link.chunk_key(message), (sender, message))
                 break
             else:
                 return      # every writer is full: wait until one has room
 
     def refuse_chunk(self, sender, message, reason):
-        _, first_line = CHUNK_HEADER.unpack_from(message)
-        count = message.count(b"\n", CHUNK_HEADER.size)   # the binary header may hold a 0x0A
+        _, first_line = link.chunk_key(message)
+        count = link.chunk_line_count(message)
         log.error("ingest: lines %d-%d: %s", first_line, first_line + count - 1, reason)
         for line_no in range(first_line, first_line + count):
             sender.error(line_no, reason)
@@ -241,54 +255,56 @@ class Ingest:
         if events & selectors.EVENT_READ:
             while True:
                 try:
-                    message = writer.recv(1 << 21)
+                    packet = writer.recv(1 << 21)
                 except BlockingIOError:
                     break
-                self.take_report(writer.fileno(), json.loads(message))
+                self.take_report(writer.fileno(), link.decode(packet))
 
-    def take_report(self, fd, report):
-        if "taken" in report:            # the writer took this chunk
-            self.held[fd] = self.take_handed(fd, CHUNK_HEADER.pack(*report["taken"]))
-            return
-        if "marker" in report:           # everything handed before the marker was taken
-            self.take_handed(fd, MARKER)
-            return
-        if "hello" in report:            # a (re)started writer: its predecessor's chunk is gone
-            lost = self.held.pop(fd, None)
-            if lost is not None:
-                self.lost(lost)
+    def take_report(self, fd, message):
+        kind = message.kind
+        if kind == "taken":              # the writer took this chunk
+            lost = self.ledger.take(fd, message.key)
+        elif kind == "reached":          # everything handed before the marker was taken
+            lost = self.ledger.reached(fd)
+        elif kind == "hello":            # a (re)started writer: its predecessor's chunks
+            lost = self.ledger.hello(fd)
             try:
-                self.by_writer_fd[fd].send(MARKER)
+                self.by_writer_fd[fd].send(link.MARKER)
             except OSError:
-                return      # its queue is full: the next chunk it takes tells what was lost
-            self.handed[fd].append((None, MARKER))
-            return
-        self.held.pop(fd, None)
-        sender = self.senders.get(report["c"])
-        if sender is None:
+                pass        # its queue is full: the next chunk it takes tells what was lost
+            else:
+                self.ledger.hand(fd, link.MARKER_KEY, None)
+        elif kind == "report":
+            entry = self.ledger.report(fd, message.key)
+            if entry is not None:
+                self.reported(entry.item[0], message.body)
+            lost = []
+        else:
+            log.warning("ingest: unexpected %s message from a writer", kind)
+            lost = []
+        for entry in lost:
+            self.lost(entry.item)
+
+    def reported(self, sender, report):
+        if sender.id not in self.senders:
             return          # the sender went away; the records are written all the same
         sender.outstanding -= 1
-        sender.written += report["w"]
-        for line_no, message in report["e"]:
+        sender.written += report.written
+        for line_no, message in report.errors:
             sender.error(line_no, message)
-        sender.errors += report["x"] - len(report["e"])
+        sender.errors += report.error_count - len(report.errors)
+        for first, last in report.unwritten:
+            for line_no in range(first, last + 1):
+                sender.error(line_no, report.reason)
+        if report.unwritten:
+            count = report.unwritten_count()
+            sender.not_written += count
+            self.state.add("ingest", "errors", count)
         self.maybe_done(sender)
         self.flush_output(sender)
 
-    def take_handed(self, fd, header):
-        """The writer took the chunk starting with `header`: chunks handed before it and
-        never announced were read by a writer that died. Returns the entry (or None)."""
-        handed = self.handed[fd]
-        if not any(message.startswith(header) for _, message in handed):
-            return None     # handed over by an earlier ingest process
-        while True:
-            entry = handed.popleft()
-            if entry[1].startswith(header):
-                return entry
-            self.lost(entry)
-
-    def lost(self, entry):
-        sender, message = entry
+    def lost(self, item):
+        sender, message = item
         if sender is not None and sender.id in self.senders:
             self.refuse_chunk(sender, message, "the writer died while writing these lines; "
                                                "some of them may be in the file")
@@ -349,10 +365,19 @@ class Ingest:
                 sender.skipping = False
                 self.maybe_done(sender)
         deadline = time.monotonic() + STOP_GRACE
-        while (self.queue or any(s.outstanding for s in self.senders.values())) \
-                and time.monotonic() < deadline:
+        told = set()     # writers told `stop`, after their last chunk
+        while time.monotonic() < deadline:
+            if not self.queue:
+                self.tell_stop(told)
+            if not (self.queue or any(s.outstanding for s in self.senders.values())):
+                break
             self.step(0.05)
+        self.remove_socket()
         for sender in list(self.senders.values()):
+            if sender.not_written:
+                log.error("ingest: %d lines from %s were not written (the writers could "
+                          "not write them before the stop); the sender was told which",
+                          sender.not_written, sender.describe())
             if not sender.done_sent:    # writers did not report in time
                 sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
                                                         sender.errors, stopping=True)
@@ -364,3 +389,25 @@ class Ingest:
             except OSError:
                 pass
             sender.sock.close()
+
+    def tell_stop(self, told):
+        for w in self.writers:
+            if w.fileno() not in told:
+                try:
+                    w.send(link.STOP)
+                except BlockingIOError:
+                    continue     # its queue is full: again on the next turn
+                except OSError:
+                    pass         # the writer is gone: nobody to tell
+                told.add(w.fileno())
+
+    def remove_socket(self):
+        """Remove the ingest socket if it is still ours (not one a new server made)."""
+        if self.path is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self.ident:
+                os.unlink(self.path)
+        except OSError:
+            pass

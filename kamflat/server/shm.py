@@ -49,6 +49,15 @@ class SharedState:
             i = self._counter(group, name)
         self._words[(_VALUES // 8) + self.slot * MAX_COUNTERS + i] += n
 
+    def cell(self, group, name):
+        """This process's value of a counter as a one-item memoryview: a process that
+        counts on a hot path adds to it directly (cell[0] += n), as add() would."""
+        i = self._index.get((group, name))
+        if i is None:
+            i = self._counter(group, name)
+        start = (_VALUES // 8) + self.slot * MAX_COUNTERS + i
+        return self._words[start:start + 1]
+
     def snapshot(self):
         stats = []
         for i in range(self._words[_COUNT]):
