@@ -135,6 +135,8 @@ MOVES = {
                                         # this one was read by a writer that died
     ("taken", "report"): "done",        # written (or refused line by line) and said so
     ("taken", "hello"): "lost",         # the writer restarted while holding it
+    ("handed", "abandon"): "lost",      # the stop's grace ran out before a report
+    ("taken", "abandon"): "lost",
 }
 
 
@@ -190,6 +192,15 @@ class Ledger:
         """The writer restarted: what it held is lost. The caller then hands it a marker
         (hand(writer, MARKER_KEY, None)) to learn what else its predecessor had read."""
         lost = [entry.move("hello") for entry in self.taken[writer].values()]
+        self.taken[writer].clear()
+        return lost
+
+    def abandon(self, writer):
+        """The stop's grace ran out: every chunk of the writer not reported is lost."""
+        lost = [entry.move("abandon") for entry in self.handed[writer]
+                if entry.key is not MARKER_KEY]
+        lost += [entry.move("abandon") for entry in self.taken[writer].values()]
+        self.handed[writer].clear()
         self.taken[writer].clear()
         return lost
 

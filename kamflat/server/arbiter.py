@@ -7,10 +7,11 @@ socket pairs, the ingest socket and the SIP sockets. A restarted child inherits
 the same objects, so a writer that comes back has the same rank, the same files
 and the same sockets.
 
-Stopping order (SIGTERM/SIGINT): the ingest process first (it takes what senders
-already sent, hands it to the writers and tells the senders where it stopped),
-then the writers (they write everything queued for them and flush), then the
-management process (it removes its FIFOs and sockets).
+Stopping order (SIGTERM/SIGINT): the ingest process and the writers together (the
+ingest takes what senders already sent, hands it to the writers, says `stop`, and
+tells each sender exactly what was written; the writers write everything handed to
+them, giving up after a grace on what cannot be written), then the management
+process (it removes its FIFOs and sockets).
 """
 import ctypes
 import logging
@@ -221,7 +222,7 @@ class Arbiter:
         self.stopping = True
         ingest = [c for c in self.children if c.rank == INGEST_RANK]
         writers = [c for c in self.children if c.rank > 0]
-        for stage in (ingest, writers, [self.management]):
+        for stage in (ingest + writers, [self.management]):
             failed = self.terminate(stage)
             if failed:
                 # A writer that could not write everything says so and exits 1 (the

@@ -189,6 +189,10 @@ class Ingest:
     def maybe_done(self, sender):
         if sender.eof and not sender.outstanding and not sender.inbuf and not sender.skipping:
             if not sender.done_sent:
+                if sender.not_written:
+                    log.error("ingest: %d lines from %s were not written (the writers "
+                              "could not write them before the stop); the sender was told "
+                              "which", sender.not_written, sender.describe())
                 sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
                                                         sender.errors, stopping=sender.cut_off)
                 sender.done_sent = True
@@ -342,29 +346,9 @@ class Ingest:
         """Take what senders have already sent, see it written, tell them, close."""
         self.sel.unregister(self.listener)
         self.listener.close()
-        for sender in list(self.senders.values()):
-            budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
-            while not sender.eof and budget > 0:
-                try:
-                    data = sender.sock.recv(READ_SIZE)
-                except (BlockingIOError, OSError):
-                    break
-                budget -= len(data)
-                if data:
-                    self.take(sender, sender.inbuf + data)
-                else:
-                    self.end_of_stream(sender)
-                while self.queue:
-                    self.dispatch()
-                    if self.queue:
-                        self.step(0.05)
-            if not sender.eof:
-                # Lines after these are not taken: the sender learns where to resume.
-                sender.cut_off = sender.eof = True
-                sender.inbuf = b""
-                sender.skipping = False
-                self.maybe_done(sender)
         deadline = time.monotonic() + STOP_GRACE
+        for sender in list(self.senders.values()):
+            self.read_at_stop(sender, deadline)
         told = set()     # writers told `stop`, after their last chunk
         while time.monotonic() < deadline:
             if not self.queue:
@@ -373,12 +357,10 @@ class Ingest:
                 break
             self.step(0.05)
         self.remove_socket()
+        self.give_up()
         for sender in list(self.senders.values()):
-            if sender.not_written:
-                log.error("ingest: %d lines from %s were not written (the writers could "
-                          "not write them before the stop); the sender was told which",
-                          sender.not_written, sender.describe())
-            if not sender.done_sent:    # writers did not report in time
+            self.maybe_done(sender)
+            if not sender.done_sent:    # never expected: give_up settled every chunk
                 sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
                                                         sender.errors, stopping=True)
                 sender.done_sent = True
@@ -389,6 +371,42 @@ class Ingest:
             except OSError:
                 pass
             sender.sock.close()
+
+    def read_at_stop(self, sender, deadline):
+        budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
+        while not sender.eof and budget > 0 and time.monotonic() < deadline:
+            try:
+                data = sender.sock.recv(READ_SIZE)
+            except (BlockingIOError, OSError):
+                break
+            budget -= len(data)
+            if data:
+                self.take(sender, sender.inbuf + data)
+            else:
+                self.end_of_stream(sender)
+            while self.queue and time.monotonic() < deadline:
+                self.dispatch()
+                if self.queue:
+                    self.step(0.05)
+        if not sender.eof:
+            # Lines after these are not taken: the sender learns where to resume.
+            sender.cut_off = sender.eof = True
+            sender.inbuf = b""
+            sender.skipping = False
+            self.maybe_done(sender)
+
+    def give_up(self):
+        """The stop's grace is over: refuse, by line, what no writer reported, so every
+        sender's answer still adds up (written + refused = lines taken)."""
+        while self.queue:
+            sender, message = self.queue.popleft()
+            self.refuse_chunk(sender, message, "not written: the server stopped before a "
+                                               "writer took these lines")
+        for fd in self.ledger.handed:
+            for entry in self.ledger.abandon(fd):
+                if entry.item[0].id in self.senders:
+                    self.refuse_chunk(*entry.item, "the server stopped before the writer "
+                                      "reported these lines; some of them may be in the file")
 
     def tell_stop(self, told):
         for w in self.writers:

@@ -18,9 +18,10 @@ What the writer promises:
   of records being dropped;
 - a `rotate N` on the control socket closes every open file before the answer,
   so the renamed files are complete when the management process replies 200;
-- at a stop (the ingest's `stop`, then SIGTERM) it writes everything it took; what
-  it still cannot write after SHUTDOWN_GRACE is reported line by line as not
-  written, dropped, logged, and the writer exits with status 1.
+- at a stop (SIGTERM, to the ingest process at the same time) it reads every chunk
+  the ingest still hands over, until the ingest's `stop`, and writes them; what it
+  still cannot write SHUTDOWN_GRACE after that is reported line by line as not
+  written, dropped and logged, and the writer exits with status 1.
 """
 import collections
 import logging
@@ -41,7 +42,8 @@ SHUTDOWN_GRACE = 5.0                  # how long a failing write may delay a sto
 MAX_REPORT_ERRORS = 1000              # per chunk; the rest are counted, not described
 DATAGRAMS_PER_WAKEUP = 32             # SIP datagrams taken per select() before looking around
 BUFFER_AGE = 1.0                      # flush=0: the longest a record waits in memory
-REPORT_SEND_TIMEOUT = 5.0             # a stopping writer's last reports
+REPORT_SEND_TIMEOUT = 5.0             # a report the ingest does not take in time is dropped
+STOP_WAIT = 15.0                      # stopping: the longest wait for the ingest's `stop`
 
 
 class Chunk:
@@ -114,7 +116,9 @@ class Writer:
         self.next_failure_log = 0.0
         self.last_failure = None
         self.buffered_since = None           # when flush=0 started holding records back
-        self.final_deadline = None           # after the ingest's `stop`: when to give up
+        self.stop_wait = None                # stopping: how long to wait for `stop`
+        self.told_stop = False               # the ingest said no more chunks will come
+        self.final_deadline = None           # stopping: when to give up on failing writes
         self.not_written = 0                 # records given up at a stop
         self.stopping = False
 
@@ -138,21 +142,20 @@ class Writer:
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         if self.control_sock is not None:
             sel.register(self.control_sock, selectors.EVENT_READ, "control")
-        inputs = [(s, "udp") for s in self.udp_socks]
+        inputs = {s: "udp" for s in self.udp_socks}
         if self.data_sock is not None:
-            inputs.append((self.data_sock, "data"))
+            inputs[self.data_sock] = "data"
+            self.data_sock.settimeout(REPORT_SEND_TIMEOUT)   # a report never hangs us
             self.tell_ingest(link.Message("hello", self.rank))   # a writer (re)started
-        reading = False
-        while not self.stopping:
-            # Take new input only when everything taken so far is written.
-            want = not self.pending
-            if want != reading:
-                for sock, tag in inputs:
-                    (sel.register(sock, selectors.EVENT_READ, tag) if want
-                     else sel.unregister(sock))
-                reading = want
-            timeout = self.next_timeout()
-            for key, _ in sel.select(timeout):
+        reading = set()
+        while not self.finished():
+            want = self.wanted(inputs)
+            for sock in reading - want:
+                sel.unregister(sock)
+            for sock in want - reading:
+                sel.register(sock, selectors.EVENT_READ, inputs[sock])
+            reading = want
+            for key, _ in sel.select(self.next_timeout()):
                 if key.data == "wake":
                     _drain(self.wake_r)
                 elif key.data == "control":
@@ -162,13 +165,33 @@ class Writer:
                 else:
                     self.on_datagram(key.fileobj)
             self.step()
-        self.shutdown()
+        self.close()
         return 1 if self.not_written else 0
+
+    def wanted(self, inputs):
+        """The inputs to read: all while everything taken is written (backpressure);
+        once stopping, only the ingest's, whatever is pending, until its `stop`."""
+        if self.stopping:
+            return {self.data_sock} if self.data_sock is not None and not self.told_stop \
+                else set()
+        return set() if self.pending else set(inputs)
+
+    def finished(self):
+        return self.stopping and self.final_deadline is not None \
+            and not (self.pending or self.unsynced)
 
     def step(self):
         """Write what can be written, report what is in the files, give up when due."""
+        now = time.monotonic()
+        if self.stopping and self.stop_wait is None:
+            # SIGTERM: the ingest process stops too; it hands over what senders had sent
+            # and then says `stop`. Without an ingest (or if it never says it): the grace.
+            self.stop_wait = now + (STOP_WAIT if self.data_sock is not None else 0.0)
+        if self.stop_wait is not None and self.final_deadline is None \
+                and now >= self.stop_wait:
+            self.final_deadline = now + SHUTDOWN_GRACE
         self.work()
-        self.age_out_buffer()
+        self.age_out_buffer(now=self.final_deadline is not None)
         self.settle()
         if self.final_deadline is not None and time.monotonic() >= self.final_deadline \
                 and (self.pending or self.unsynced):
@@ -182,8 +205,8 @@ class Writer:
             due.append(self.retry_at)
         if self.buffered_since is not None:
             due.append(self.buffered_since + BUFFER_AGE)
-        if self.final_deadline is not None and (self.pending or self.unsynced):
-            due.append(min(self.final_deadline, time.monotonic() + RETRY_INTERVAL))
+        if self.stopping:
+            due.append(time.monotonic() + RETRY_INTERVAL)   # deadlines to look at
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def age_out_buffer(self, now=False):
@@ -204,30 +227,7 @@ class Writer:
             return
         self.buffered_since = time.monotonic() if self.conn.buffered else None
 
-    def shutdown(self):
-        """Write everything queued for this writer, then close the files."""
-        if self.data_sock is not None:
-            self.data_sock.settimeout(REPORT_SEND_TIMEOUT)   # for the last reports
-            while True:
-                try:
-                    message = self.data_sock.recv(1 << 21, socket.MSG_DONTWAIT)
-                except OSError:
-                    break
-                if not message:
-                    break
-                self.take(message)
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        if self.final_deadline is not None:
-            deadline = min(deadline, self.final_deadline)
-        while True:
-            self.work()
-            self.age_out_buffer(now=True)
-            self.settle()
-            if not (self.pending or self.unsynced) or time.monotonic() >= deadline:
-                break
-            time.sleep(RETRY_INTERVAL)
-        if self.pending or self.unsynced:
-            self.give_up()
+    def close(self):
         try:
             self.conn.close()
         except FlatstoreError as exc:     # only SIP records can be left here
@@ -240,8 +240,8 @@ class Writer:
     # -- input --------------------------------------------------------------
     def on_data(self):
         try:
-            message = self.data_sock.recv(1 << 21)
-        except BlockingIOError:
+            message = self.data_sock.recv(1 << 21, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
             return
         if message:
             self.take(message)
@@ -256,6 +256,7 @@ class Writer:
         elif message.kind == "stop":
             # No more chunks will come: write what is here, and give up on what still
             # cannot be written once the grace is over, so every sender hears exactly.
+            self.told_stop = True
             self.final_deadline = time.monotonic() + SHUTDOWN_GRACE
             self.age_out_buffer(now=True)
         else:
