@@ -114,6 +114,7 @@ EMULATED = {
         "ingest_socket":               (STR, "", False),
         "encode_newlines":             (INT, 0, False),
         "rotate_timeout":              (INT, 2000, False),     # ms
+        "stop_grace":                  (INT, 5000, False),     # ms a stop retries failing writes
         "sip_reply":                   (STR, "200 OK", True),
         "acc_methods":                 (STR, "INVITE|BYE", False),
         "sip_missed_calls":            (INT, 1, False),   # accounted >= 300 -> missed_calls

@@ -55,6 +55,20 @@ def _private_cell(table):
     return memoryview(bytearray(8)).cast("Q")
 
 
+# The write journal: before each write() the connection notes the file (inode), the
+# written statistic before the write, where the write starts and ends and how many
+# records it holds; END is stored last and cleared first, so a noted entry is always
+# whole. A writer killed between its write() and its count (or in the middle of a
+# write) leaves the entry, and repair_files() of its successor counts what reached the
+# file: every record if it reaches END, else the whole records before the cut.
+J_INO, J_BASE, J_START, J_RECORDS, J_END = range(5)
+JOURNAL_WORDS = 5
+
+
+def _private_journal():
+    return memoryview(bytearray(8 * JOURNAL_WORDS)).cast("Q")
+
+
 class FlatstoreError(Exception):
     """A flatstore file could not be opened or written; `path` names it."""
 
@@ -172,10 +186,13 @@ class _TableFile:
     `written` counts every record handed to the OS since the connection began (it only
     grows: it numbers the records, so a caller can tell when record k is in the OS);
     `cell` is the shared written-records statistic, kept in step with every write."""
-    __slots__ = ("path", "fd", "pending", "pending_size", "written", "cell", "ident")
+    __slots__ = ("path", "fd", "pending", "pending_size", "written", "cell", "ident",
+                 "end", "journal")
 
-    def __init__(self, path, cell):
+    def __init__(self, path, cell, journal):
         self.path = path
+        self.journal = journal
+        self.end = 0             # the open file's size: only this connection appends
         self.fd = None
         self.pending = []
         self.pending_size = 0
@@ -197,8 +214,33 @@ class _TableFile:
                                  "exist and be writable)" % (self.path, error.strerror,
                                                              os.path.dirname(self.path)),
                                  self.path) from None
-        self.fd, self.ident = fd, (st.st_dev, st.st_ino)
+        self.fd, self.ident, self.end = fd, (st.st_dev, st.st_ino), st.st_size
         return fd
+
+    def note(self, size, records):
+        """Journal the write about to be made (see J_END)."""
+        journal = self.journal
+        journal[J_END] = 0
+        journal[J_INO] = self.ident[1]
+        journal[J_BASE] = self.cell[0]
+        journal[J_START] = self.end
+        journal[J_RECORDS] = records
+        journal[J_END] = self.end + size
+
+    def wrote(self, size, records):
+        self.end += size
+        self.written += records
+        self.cell[0] += records
+        self.journal[J_END] = 0
+
+    def resync(self):
+        """After a failed write: where the file really ends now."""
+        self.journal[J_END] = 0
+        if self.fd is not None:
+            try:
+                self.end = os.fstat(self.fd).st_size
+            except OSError:
+                pass
 
     def where(self):
         """'ok', or what happened to the open file: 'deleted' (no name left: what was
@@ -263,12 +305,18 @@ class _TableFile:
 
     def write(self, data, record_sizes):
         fd = self.fd if self.fd is not None else self.open()
+        self.note(len(data), len(record_sizes))
         try:
             written = _write(fd, data)
         except OSError as error:
+            self.resync()
             raise self.failed(error) from None
         if written != len(data):
-            self.finish(data, written, record_sizes)
+            try:
+                self.finish(data, written, record_sizes)
+            except FlatstoreError:
+                self.resync()
+                raise
 
     def write_pending(self):
         """Write the buffered records (one write() of whole records); on failure keep
@@ -284,8 +332,7 @@ class _TableFile:
             self.written += done
             self.cell[0] += done
             raise
-        self.written += len(self.pending)
-        self.cell[0] += len(self.pending)
+        self.wrote(self.pending_size, len(self.pending))
         self.pending.clear()
         self.pending_size = 0
 
@@ -327,11 +374,13 @@ class FlatConnection:
     """
 
     def __init__(self, directory, rank=1, flush=True, encode_delimiter=True,
-                 encode_newlines=False, rotation=None, written_cell=None):
+                 encode_newlines=False, rotation=None, written_cell=None, journal=None):
         """written_cell(table) -> a one-item memoryview ("Q") the connection adds every
-        record written into `table` to, as it writes it (shared statistics)."""
+        record written into `table` to, as it writes it (shared statistics); journal: a
+        three-item memoryview ("Q") that outlives the process (see J_END)."""
         self.directory = os.path.abspath(directory)
         self._written_cell = written_cell or _private_cell
+        self._journal = journal if journal is not None else _private_journal()
         self.rank = rank
         self.flush = bool(flush)
         self.rotation = rotation
@@ -358,8 +407,8 @@ class FlatConnection:
         if current is None:
             if self._closed:
                 raise FlatstoreError("flatstore connection to %s is closed" % self.directory)
-            current = self._files[table] = _TableFile(self.path(table),
-                                                      self._written_cell(table))
+            current = self._files[table] = _TableFile(
+                self.path(table), self._written_cell(table), self._journal)
         self._current = current
 
     def insert(self, keys, values):
@@ -386,14 +435,19 @@ class FlatConnection:
             fd = table.fd
             if fd is None:
                 fd = table.open()
+            table.note(len(line), 1)
             try:
                 written = _write(fd, line)
             except OSError as error:
+                table.resync()
                 raise table.failed(error) from None
             if written != len(line):
-                table.finish(line, written, (len(line),))
-            table.written += 1
-            table.cell[0] += 1
+                try:
+                    table.finish(line, written, (len(line),))
+                except FlatstoreError:
+                    table.resync()
+                    raise
+            table.wrote(len(line), 1)
         else:
             if table.fd is None:
                 table.open()  # a missing directory fails now, not at some later flush
@@ -471,11 +525,23 @@ class FlatConnection:
             current.pending_size = 0
         return dropped
 
+    def _count_journaled(self, fd, table):
+        journal = self._journal
+        size = os.fstat(fd).st_size
+        if size >= journal[J_END]:
+            records = journal[J_RECORDS]
+        elif size <= journal[J_START]:
+            records = 0
+        else:     # killed in the middle of a block: its whole records before the cut
+            records = os.pread(fd, size - journal[J_START], journal[J_START]).count(b"\n")
+        cell = self._written_cell(table)
+        cell[0] = max(cell[0], journal[J_BASE] + records)
+
     def repair_files(self):
         """Cut any of this connection's files in the directory that ends in a partial
-        record (see cut_torn_tail); a writer does this when it starts. Returns the paths
-        that were cut."""
-        cut = []
+        record (see cut_torn_tail), and count the journal's write if it reached its file;
+        a writer does this when it starts. Returns the paths that were cut."""
+        journal, cut = self._journal, []
         try:
             names = os.listdir(self.directory)
         except OSError:
@@ -491,10 +557,13 @@ class FlatConnection:
             try:
                 if cut_torn_tail(fd, path):
                     cut.append(path)
+                if journal[J_END] and os.fstat(fd).st_ino == journal[J_INO]:
+                    self._count_journaled(fd, name[:-len(self._suffix)])
             except OSError as error:
                 log.error("cannot check flatstore file %s: %s", path, error.strerror)
             finally:
                 os.close(fd)
+        journal[J_END] = 0
         return cut
 
     def _each_table(self, action):
@@ -552,16 +621,16 @@ for _name in UNSUPPORTED_OPERATIONS:
 
 
 def connect(url, rank=1, flush=True, encode_delimiter=True, encode_newlines=False,
-            rotation=None, written_cell=None):
+            rotation=None, written_cell=None, journal=None):
     """Open a flatstore connection: `connect("flatstore:/var/log/acc", rank=1)`.
 
     rank picks the file number as Kamailio's process rank does (1 -> acc_129.log, 0 ->
     acc_0.log, -1 -> acc_1.log). flush and encode_delimiter are db_flatstore's params;
     encode_newlines (kamflat's own) also writes CR/LF in strings as %0D/%0A. rotation is
-    a RotationCounter shared with whoever rotates; written_cell see FlatConnection. The
+    a RotationCounter shared with whoever rotates; written_cell, journal see FlatConnection. The
     directory is not checked here: like Kamailio, the first insert opens the file.
     """
     return FlatConnection(parse_url(url), rank=rank, flush=flush,
                           encode_delimiter=encode_delimiter,
                           encode_newlines=encode_newlines, rotation=rotation,
-                          written_cell=written_cell)
+                          written_cell=written_cell, journal=journal)

@@ -31,6 +31,7 @@ log = logging.getLogger("kamflat")
 STOP_TIMEOUT = 20.0        # per stage; a child still alive after this is killed
 RESTART_WINDOW = 10.0      # restarts within this many seconds count as a crash loop
 RESTART_LIMIT = 10         # ... and past this many, wait before each new restart
+INGEST_EXTRA_GRACE = 5.0   # the ingest waits this much longer than the writers' stop_grace
 INGEST_RANK = -3
 MANAGEMENT_RANK = -2
 
@@ -88,8 +89,9 @@ class Arbiter:
             conn = flatstore.connect(
                 s.db_url, rank=rank, flush=s.flush, encode_delimiter=s.encode_delimiter,
                 encode_newlines=s.encode_newlines, rotation=self.rotation,
-                written_cell=lambda table: self.state.cell("flatstore", table + "_written"))
-            return Writer(rank, conn, self.state, control_sock=control_sock,
+                written_cell=lambda table: self.state.cell("flatstore", table + "_written"),
+                journal=self.state.journal())
+            return Writer(rank, conn, self.state, grace=s.stop_grace, control_sock=control_sock,
                           data_sock=data_sock if self.listener is not None else None,
                           udp_socks=self.udp_socks, sip_handler=s.sip).run()
         return run
@@ -98,6 +100,7 @@ class Arbiter:
         def run():
             from kamflat.server.ingest import Ingest
             return Ingest(self.listener, writer_socks, self.state,
+                          grace=self.settings.stop_grace + INGEST_EXTRA_GRACE,
                           path=self.settings.ingest_socket, ident=self.listener_ident).run()
         return run
 

@@ -31,6 +31,7 @@ READ_SIZE = 1 << 16
 MAX_OUTPUT = 1 << 20      # error replies a sender has not read yet; past this, stop reading it
 STOP_GRACE = 10.0         # how long a stop waits for writers to report outstanding chunks
 STOP_READ_BUDGET = 1 << 22  # at a stop, bytes still read from each sender (what it had sent)
+FINAL_SEND_TIMEOUT = 5.0  # a stop's last answers (line errors included) to one sender
 _PEERCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
@@ -69,9 +70,11 @@ class Sender:
 
 
 class Ingest:
-    def __init__(self, listener, writer_socks, state, path=None, ident=None):
+    def __init__(self, listener, writer_socks, state, path=None, ident=None,
+                 grace=STOP_GRACE):
         """path, ident: the ingest socket's path and (st_dev, st_ino), removed at a stop
-        if it is still that socket."""
+        if it is still that socket. grace: how long a stop waits for the writers."""
+        self.grace = grace
         self.listener = listener
         self.path, self.ident = path, ident
         self.writers = list(writer_socks)
@@ -188,15 +191,20 @@ class Ingest:
 
     def maybe_done(self, sender):
         if sender.eof and not sender.outstanding and not sender.inbuf and not sender.skipping:
-            if not sender.done_sent:
-                if sender.not_written:
-                    log.error("ingest: %d lines from %s were not written (the writers "
-                              "could not write them before the stop); the sender was told "
-                              "which", sender.not_written, sender.describe())
-                sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
-                                                        sender.errors, stopping=sender.cut_off)
-                sender.done_sent = True
+            self.compose_done(sender, sender.cut_off)
             self.flush_output(sender)
+
+    def compose_done(self, sender, stopping):
+        """The final answer, once."""
+        if sender.done_sent:
+            return
+        if sender.not_written:
+            log.error("ingest: %d lines from %s were not written (the writers could not "
+                      "write them before the stop); the sender was told which",
+                      sender.not_written, sender.describe())
+        sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
+                                                sender.errors, stopping=stopping)
+        sender.done_sent = True
 
     def flush_output(self, sender):
         while sender.outbuf:
@@ -346,7 +354,7 @@ class Ingest:
         """Take what senders have already sent, see it written, tell them, close."""
         self.sel.unregister(self.listener)
         self.listener.close()
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.grace
         for sender in list(self.senders.values()):
             self.read_at_stop(sender, deadline)
         told = set()     # writers told `stop`, after their last chunk
@@ -359,13 +367,10 @@ class Ingest:
         self.remove_socket()
         self.give_up()
         for sender in list(self.senders.values()):
-            self.maybe_done(sender)
-            if not sender.done_sent:    # never expected: give_up settled every chunk
-                sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
-                                                        sender.errors, stopping=True)
-                sender.done_sent = True
-            sender.sock.setblocking(True)
-            sender.sock.settimeout(1.0)
+            # give_up settled every chunk: the answer adds up (stopping: cut off, or its
+            # lines were not all taken to the end)
+            self.compose_done(sender, sender.cut_off or not sender.eof)
+            sender.sock.settimeout(FINAL_SEND_TIMEOUT)
             try:
                 sender.sock.sendall(sender.outbuf)
             except OSError:

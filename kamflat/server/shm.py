@@ -26,7 +26,9 @@ _BASES = _NAMES + MAX_COUNTERS * NAME_LEN
 _VALUES = _BASES + MAX_COUNTERS * 8
 _PROCS = _VALUES + MAX_PROCS * MAX_COUNTERS * 8
 _PROC = struct.Struct("qq%ds" % DESC_LEN)  # pid, rank, description
-_SIZE = _PROCS + MAX_PROCS * _PROC.size
+_JOURNAL = _PROCS + MAX_PROCS * _PROC.size   # per proc: the write in flight (see journal())
+JOURNAL_WORDS = 5     # flatstore.connection.JOURNAL_WORDS
+_SIZE = _JOURNAL + MAX_PROCS * JOURNAL_WORDS * 8
 
 
 class SharedState:
@@ -96,6 +98,14 @@ class SharedState:
                 self._words[_COUNT] = i + 1
         self._index[key] = i
         return i
+
+    def journal(self):
+        """This process's write journal (JOURNAL_WORDS words): a writer notes each write
+        before making it, so the writer restarted in its slot after a kill -9 can count
+        a write whose statistic its predecessor did not live to add (flatstore's
+        FlatConnection `journal`)."""
+        start = _JOURNAL // 8 + self.slot * JOURNAL_WORDS
+        return self._words[start:start + JOURNAL_WORDS]
 
     # -- process table ------------------------------------------------------
     def set_process(self, idx, pid, rank, desc):

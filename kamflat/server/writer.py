@@ -38,7 +38,7 @@ from kamflat.flatstore.connection import FlatstoreError
 log = logging.getLogger("kamflat.writer")
 
 RETRY_INTERVAL = 0.1                  # seconds between attempts while writes fail
-SHUTDOWN_GRACE = 5.0                  # how long a failing write may delay a stop
+SHUTDOWN_GRACE = 5.0                  # how long a failing write may delay a stop (stop_grace)
 MAX_REPORT_ERRORS = 1000              # per chunk; the rest are counted, not described
 DATAGRAMS_PER_WAKEUP = 32             # SIP datagrams taken per select() before looking around
 BUFFER_AGE = 1.0                      # flush=0: the longest a record waits in memory
@@ -102,8 +102,9 @@ class Writer:
     """One writer process's loop. Built before fork, `run()` in the child."""
 
     def __init__(self, rank, connection, state, data_sock=None, control_sock=None,
-                 udp_socks=(), sip_handler=None):
+                 udp_socks=(), sip_handler=None, grace=SHUTDOWN_GRACE):
         self.rank = rank
+        self.grace = grace
         self.conn = connection
         self.state = state
         self.data_sock = data_sock
@@ -189,7 +190,7 @@ class Writer:
             self.stop_wait = now + (STOP_WAIT if self.data_sock is not None else 0.0)
         if self.stop_wait is not None and self.final_deadline is None \
                 and now >= self.stop_wait:
-            self.final_deadline = now + SHUTDOWN_GRACE
+            self.final_deadline = now + self.grace
         self.work()
         self.age_out_buffer(now=self.final_deadline is not None)
         self.settle()
@@ -257,7 +258,7 @@ class Writer:
             # No more chunks will come: write what is here, and give up on what still
             # cannot be written once the grace is over, so every sender hears exactly.
             self.told_stop = True
-            self.final_deadline = time.monotonic() + SHUTDOWN_GRACE
+            self.final_deadline = time.monotonic() + self.grace
             self.age_out_buffer(now=True)
         else:
             log.warning("writer %d: unexpected %s message from the ingest process",

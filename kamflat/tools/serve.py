@@ -29,6 +29,7 @@ class Settings:
         self.encode_delimiter = bool(cfg.param("db_flatstore", "encode_delimiter"))
         self.encode_newlines = bool(cfg.param("kamflat", "encode_newlines"))
         self.rotate_timeout = cfg.param("kamflat", "rotate_timeout") / 1000.0
+        self.stop_grace = cfg.param("kamflat", "stop_grace") / 1000.0
         self.ingest_socket = cfg.param("kamflat", "ingest_socket") or None
         self.listen = list(cfg.listen)
         self.sip = None

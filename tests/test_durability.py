@@ -1,0 +1,178 @@
+"""Nothing acknowledged is ever lost: faults against a real `kamflat serve`, counted by id.
+
+Every record carries an id; after each fault the files are counted against what the
+server acknowledged (kamflat.tools.tally): lost-acknowledged, duplicated and torn must
+all be 0. Bigger runs of the same scenarios: benchmarks/bench_faults.py.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from conftest import wait_until
+from serverutil import Server, statistic
+from kamflat.tools import tally
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+def writer_pid(server, rank):
+    ps = server.mi("ps").decode()
+    marker = "ID=%d PID=" % rank
+    return int(ps.split(marker)[1].split()[0]) if marker in ps else None
+
+
+def disk_bytes(server):
+    try:
+        return sum(p.stat().st_size for p in server.acc.glob("acc_*"))
+    except OSError:
+        return 0
+
+
+def senders(server, count, records, tag="s"):
+    """`count` threads, each streaming `records` records; results[k] = (ids, acked)."""
+    results = {}
+
+    def run(k):
+        results[k] = tally.send_records(str(server.ingest), "%s%d" % (tag, k), 0, records)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def join(threads, timeout=90):
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a sender never got its answer"
+
+
+def figures(results, lines):
+    sent = set().union(*(set(ids) for ids, _ in results.values()))
+    acked = set().union(*(acked for _, acked in results.values()))
+    return tally.count(sent, acked, lines)
+
+
+def assert_nothing_lost(counted):
+    assert counted["acknowledged"] > 0, counted
+    bad = {k: counted[k] for k in ("lost-acknowledged", "duplicated", "torn", "foreign")}
+    assert bad == dict.fromkeys(bad, 0), counted
+
+
+@pytest.mark.parametrize("flush", [0, 1])
+def test_writers_killed_under_load_lose_nothing_acknowledged(tmp_path, flush):
+    with Server(tmp_path, children=2, flush=flush) as server:
+        threads, results = senders(server, 3, 40_000)
+        try:
+            for kill in range(4):
+                rank = kill % 2 + 1
+                grown = disk_bytes(server) + 200_000
+                wait_until(lambda: disk_bytes(server) > grown or not any(
+                    t.is_alive() for t in threads), 30, what="records on disk")
+                pid = writer_pid(server, rank)
+                os.kill(pid, signal.SIGKILL)
+                wait_until(lambda: writer_pid(server, rank) not in (None, pid), 10,
+                           what="writer %d to be restarted" % rank)
+        finally:
+            join(threads)
+        written = statistic(server.mi("get_statistics", "flatstore:"), "flatstore:acc_written")
+        assert statistic(server.mi("get_statistics", "core:"), "core:writer_restarts") == 4
+    lines = tally.file_lines(server.acc)
+    counted = figures(results, lines)
+    assert_nothing_lost(counted)
+    assert counted["acknowledged"] < counted["sent"]     # the killed writers' chunks
+    assert written == counted["on disk"]
+
+
+@pytest.mark.parametrize("flush", [0, 1])
+def test_acc_directory_removed_while_records_stream(tmp_path, flush):
+    """rm -rf of the directory: the writers notice the deleted files before they report,
+    wait while the directory is missing, and write what was not reported into new files."""
+    removed = threading.Event()
+    stop = threading.Event()
+    batches = []     # (started after the removal, ids, acked)
+
+    def stream(k):
+        n = 0
+        while not stop.is_set():
+            after = removed.is_set()
+            ids, acked = tally.send_records(str(server.ingest), "b%d" % k, n, 300)
+            batches.append((after, ids, acked))
+            n += 300
+
+    with Server(tmp_path, children=2, flush=flush) as server:
+        threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: disk_bytes(server) > 100_000, 20, what="records on disk")
+            shutil.rmtree(server.acc)
+            removed.set()
+            wait_until(lambda: "was deleted under the writer" in server.log(), 10,
+                       what="the deleted file to be noticed")
+            server.acc.mkdir()
+            wait_until(lambda: sum(1 for after, _, acked in batches if after and acked) > 4,
+                       20, what="batches after the removal")
+        finally:
+            stop.set()
+            server.acc.mkdir(exist_ok=True)
+            join(threads)
+        stats = server.mi("get_statistics", "flatstore:")
+    # What was reported before the removal went with the files; what was sent after it
+    # must all be in the new ones.
+    sent = {i for _, ids, _ in batches for i in ids}
+    after = [(ids, acked) for was_after, ids, acked in batches if was_after]
+    acked = set().union(*(acked for _, acked in after))
+    counted = tally.count(sent, acked, tally.file_lines(server.acc))
+    assert_nothing_lost(counted)
+    assert len(acked) == sum(len(ids) for ids, _ in after)   # nothing refused: they waited
+    assert statistic(stats, "flatstore:acc_reopened") >= 1
+    assert 1 <= server.log().count("was deleted under the writer") <= 2   # once per writer
+
+
+@root_only
+@pytest.mark.parametrize("flush", [0, 1])
+def test_disk_full_at_stop_reports_exactly_what_is_on_disk(tmp_path, flush):
+    acc = tmp_path / "acc"
+    acc.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(acc)], check=True)
+    try:
+        server = Server(tmp_path, children=2, flush=flush,
+                        extra='modparam("kamflat", "stop_grace", 1000)').start()
+        try:
+            threads, results = senders(server, 3, 40_000)
+            wait_until(lambda: "No space left on device" in server.log(), 30,
+                       what="the disk to fill")
+        finally:
+            status = server.stop()
+            join(threads)
+        lines = tally.file_lines(acc)
+    finally:
+        subprocess.run(["umount", str(acc)], check=True)
+    assert status == 1
+    counted = figures(results, lines)
+    assert_nothing_lost(counted)
+    on_disk = {line.split(b"|")[tally.ID_FIELD].decode() for line in lines}
+    for ids, acked in results.values():
+        assert acked == on_disk & set(ids)          # the report is what is on disk
+    log = server.log()
+    assert "stopping with" in log and "records that could not be written" in log
+    assert "lines from sender pid %d (connection" % os.getpid() in log
+
+
+def test_a_killed_master_leaves_no_ingest_socket(tmp_path):
+    server = Server(tmp_path, children=2).start()
+    try:
+        children = server.pids()[1:]
+        server.process.kill()
+        server.process.wait(10)
+        wait_until(lambda: not any(os.path.exists("/proc/%d" % p) and "zombie" not in
+                                   open("/proc/%d/status" % p).read() for p in children),
+                   30, what="the children to stop")
+    finally:
+        server.stop()
+    assert not server.ingest.exists() and not server.fifo.exists()
