@@ -25,13 +25,12 @@ Where this differs from Kamailio on purpose:
   `check_files()` finds files deleted or replaced under the connection since the last
   check, so a caller can tell when a record is really in the file at its path.
 """
-import fcntl
 import logging
-import mmap
 import os
-import tempfile
-import threading
 
+from kamflat.flatstore import integrity
+from kamflat.flatstore.generation import RotationCounter
+from kamflat.flatstore.integrity import J_BASE, J_END, J_INO, J_RECORDS, J_START
 from kamflat.flatstore.record import make_encoder
 
 __all__ = ["connect", "FlatConnection", "RotationCounter", "FlatstoreError",
@@ -42,7 +41,6 @@ FILE_SUFFIX = ".log"
 FILE_MODE = 0o644
 # Read access too: opening checks whether the file ends in a partial record.
 OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-TAIL_BLOCK = 64 * 1024    # how far back a torn tail is looked for, per read
 BUFFER_SIZE = 64 * 1024  # flush=False writes the buffered records once they reach this
 _write = os.write         # one global lookup on the insert path instead of two
 _NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a counter: 0
@@ -53,20 +51,6 @@ log = logging.getLogger("kamflat.flatstore")
 def _private_cell(table):
     """A written-records counter nobody else reads (a connection without statistics)."""
     return memoryview(bytearray(8)).cast("Q")
-
-
-# The write journal: before each write() the connection notes the file (inode), the
-# written statistic before the write, where the write starts and ends and how many
-# records it holds; END is stored last and cleared first, so a noted entry is always
-# whole. A writer killed between its write() and its count (or in the middle of a
-# write) leaves the entry, and repair_files() of its successor counts what reached the
-# file: every record if it reaches END, else the whole records before the cut.
-J_INO, J_BASE, J_START, J_RECORDS, J_END = range(5)
-JOURNAL_WORDS = 5
-
-
-def _private_journal():
-    return memoryview(bytearray(8 * JOURNAL_WORDS)).cast("Q")
 
 
 class FlatstoreError(Exception):
@@ -110,73 +94,6 @@ def parse_url(url):
     return url[len(URL_SCHEME):]
 
 
-# ---- the shared rotation counter -------------------------------------------------------
-
-class RotationCounter:
-    """A rotation generation number in shared memory.
-
-    RotationCounter() is anonymous shared memory: create it before forking and every
-    child sees the same number. RotationCounter(path) maps an 8-byte file (created if
-    missing) so unrelated processes can share it. Readers only compare the number (one
-    8-byte read, no lock) with the generation they last saw (a read racing an advance
-    may see a mix of old and new bytes: that costs one extra reopen, never a missed
-    rotation). `advance()` increments under a POSIX record lock on the file (which
-    excludes other processes, including forked children) plus a thread lock (which
-    excludes other threads of this process).
-    Close the counter only after the connections that use it.
-    """
-    SIZE = 8
-
-    def __init__(self, path=None):
-        self.path = path
-        if path is None:
-            if hasattr(os, "memfd_create"):
-                self._fd = os.memfd_create("kamflat-rotation", os.MFD_CLOEXEC)
-            else:
-                with tempfile.TemporaryFile() as f:
-                    self._fd = os.dup(f.fileno())
-        else:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            size = os.fstat(self._fd).st_size
-            if size < self.SIZE:
-                os.ftruncate(self._fd, self.SIZE)  # a new counter starts at 0
-            elif size > self.SIZE:
-                raise ValueError("%s is not a rotation counter: %d bytes, expected %d"
-                                 % (path, size, self.SIZE))
-            self._map = mmap.mmap(self._fd, self.SIZE)
-            self._cell = memoryview(self._map).cast("Q")  # the number, a native uint64
-        except BaseException:
-            os.close(self._fd)
-            raise
-        self._lock = threading.Lock()
-
-    @property
-    def value(self):
-        return self._cell[0]
-
-    def advance(self):
-        """Start a new generation; returns it. Safe with several advancing processes."""
-        with self._lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                value = self._cell[0] = (self._cell[0] + 1) % 2**64
-                return value
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    def close(self):
-        if self._fd is not None:
-            self._cell.release()
-            self._map.close()
-            os.close(self._fd)
-            self._fd = None
-
-    def __repr__(self):
-        state = "closed" if self._fd is None else "value=%d" % self.value
-        return "RotationCounter(%r, %s)" % (self.path, state)
-
-
 # ---- one table file --------------------------------------------------------------------
 
 class _TableFile:
@@ -207,7 +124,7 @@ class _TableFile:
             except PermissionError:    # writable, not readable: append without the check
                 fd = os.open(self.path, OPEN_FLAGS & ~os.O_RDWR | os.O_WRONLY, FILE_MODE)
             else:
-                cut_torn_tail(fd, self.path)
+                integrity.cut_torn_tail(fd, self.path)
             st = os.fstat(fd)
         except OSError as error:
             raise FlatstoreError("cannot open flatstore file %s: %s (the directory %s must "
@@ -218,7 +135,7 @@ class _TableFile:
         return fd
 
     def note(self, size, records):
-        """Journal the write about to be made (see J_END)."""
+        """Journal the write about to be made (see kamflat.flatstore.integrity)."""
         journal = self.journal
         journal[J_END] = 0
         journal[J_INO] = self.ident[1]
@@ -243,18 +160,9 @@ class _TableFile:
                 pass
 
     def where(self):
-        """'ok', or what happened to the open file: 'deleted' (no name left: what was
-        written since the last check is gone with it) or 'moved' (still has a name, but
-        not this path: renamed, e.g. by a rotation; what it holds is whole)."""
-        if self.fd is None:
-            return "ok"
-        if os.fstat(self.fd).st_nlink == 0:
-            return "deleted"
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return "moved"
-        return "ok" if (st.st_dev, st.st_ino) == self.ident else "moved"
+        """'ok', 'deleted' or 'moved': see integrity.file_state."""
+        return "ok" if self.fd is None else integrity.file_state(self.fd, self.path,
+                                                                  self.ident)
 
     def drop_fd(self):
         if self.fd is not None:
@@ -343,27 +251,6 @@ class _TableFile:
             self.drop_fd()
 
 
-def cut_torn_tail(fd, path):
-    """If the file ends in a partial record (a writer killed mid-write), cut it back to its
-    last newline: those bytes were never reported as written. Returns the bytes cut."""
-    size = os.fstat(fd).st_size
-    if not size or os.pread(fd, 1, size - 1) == b"\n":
-        return 0
-    end = size
-    while end > 0:
-        start = max(0, end - TAIL_BLOCK)
-        newline = os.pread(fd, end - start, start).rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    head = os.pread(fd, min(60, size - end), end)
-    os.ftruncate(fd, end)
-    log.warning("flatstore file %s ended in a partial record: cut %d bytes beginning %r "
-                "(never reported as written)", path, size - end, head)
-    return size - end
-
-
 # ---- the connection --------------------------------------------------------------------
 
 class FlatConnection:
@@ -377,10 +264,10 @@ class FlatConnection:
                  encode_newlines=False, rotation=None, written_cell=None, journal=None):
         """written_cell(table) -> a one-item memoryview ("Q") the connection adds every
         record written into `table` to, as it writes it (shared statistics); journal: a
-        three-item memoryview ("Q") that outlives the process (see J_END)."""
+        memoryview ("Q") of integrity.JOURNAL_WORDS that outlives the process."""
         self.directory = os.path.abspath(directory)
         self._written_cell = written_cell or _private_cell
-        self._journal = journal if journal is not None else _private_journal()
+        self._journal = journal if journal is not None else integrity.private_journal()
         self.rank = rank
         self.flush = bool(flush)
         self.rotation = rotation
@@ -525,46 +412,12 @@ class FlatConnection:
             current.pending_size = 0
         return dropped
 
-    def _count_journaled(self, fd, table):
-        journal = self._journal
-        size = os.fstat(fd).st_size
-        if size >= journal[J_END]:
-            records = journal[J_RECORDS]
-        elif size <= journal[J_START]:
-            records = 0
-        else:     # killed in the middle of a block: its whole records before the cut
-            records = os.pread(fd, size - journal[J_START], journal[J_START]).count(b"\n")
-        cell = self._written_cell(table)
-        cell[0] = max(cell[0], journal[J_BASE] + records)
-
     def repair_files(self):
         """Cut any of this connection's files in the directory that ends in a partial
-        record (see cut_torn_tail), and count the journal's write if it reached its file;
-        a writer does this when it starts. Returns the paths that were cut."""
-        journal, cut = self._journal, []
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return cut     # a missing directory is reported by the first insert
-        for name in sorted(names):
-            if not name.endswith(self._suffix):
-                continue
-            path = os.path.join(self.directory, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                if cut_torn_tail(fd, path):
-                    cut.append(path)
-                if journal[J_END] and os.fstat(fd).st_ino == journal[J_INO]:
-                    self._count_journaled(fd, name[:-len(self._suffix)])
-            except OSError as error:
-                log.error("cannot check flatstore file %s: %s", path, error.strerror)
-            finally:
-                os.close(fd)
-        journal[J_END] = 0
-        return cut
+        record, and count the journal's write if it reached its file; a writer does this
+        when it starts. Returns the paths that were cut."""
+        return integrity.repair_directory(self.directory, self._suffix, self._journal,
+                                          self._written_cell)
 
     def _each_table(self, action):
         first_error = None

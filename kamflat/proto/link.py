@@ -27,7 +27,10 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+from kamflat.proto import ingest as ingestwire
+
 HEADER = struct.Struct("!cQQ")
+MAX_REPORT_ERRORS = 1000      # per chunk; the rest are counted, not described
 
 KINDS = {   # name -> kind byte
     "chunk": b"C", "marker": b"M", "stop": b"S",
@@ -123,6 +126,81 @@ def chunk_key(packet):
 
 MARKER = encode(Message("marker"))
 STOP = encode(Message("stop"))
+
+
+# ---- a chunk, as a writer works through it -----------------------------------------------
+
+class Chunk:
+    """Lines from one ingest connection, worked through record by record.
+
+    `starts[table]` is the connection's taken_count(table) before the chunk's first
+    record of that table (the chunk's records of a table are numbered from there on);
+    `marks[table]`, set when every line was inserted, is the count the table's
+    written_count() must reach for the whole chunk to be in the OS."""
+
+    def __init__(self, conn_id, first_line, payload):
+        self.conn_id = conn_id
+        self.first_line = first_line
+        self.lines = payload.split(b"\n")
+        if self.lines and self.lines[-1] == b"":
+            self.lines.pop()
+        self.pos = 0
+        self.written = 0
+        self.errors = []
+        self.error_count = 0
+        self.bad = set()          # positions of lines that can never be written
+        self.starts = {}
+        self.marks = None
+        self.redo_until = 0       # lines before this are inserted again (a deleted file)
+        self.redo_tables = frozenset()
+
+    def refuse(self, pos, reason):
+        self.error_count += 1
+        self.bad.add(pos)
+        if len(self.errors) < MAX_REPORT_ERRORS:
+            self.errors.append([self.first_line + pos, reason])
+
+    def reach(self):
+        """Lines before this were inserted (once, at least)."""
+        return max(self.pos, self.redo_until)
+
+    def report(self, unwritten=(), reason=""):
+        """The report message; `unwritten`: line numbers not in the file (a stop)."""
+        reach = self.reach()
+        inserted_not_written = sum(1 for n in unwritten if n - self.first_line < reach)
+        return Message("report", self.conn_id, self.first_line, Report(
+            self.written - inserted_not_written, self.errors, self.error_count,
+            unwritten_ranges(unwritten), reason))
+
+    def unwritten(self, written_count):
+        """The line numbers not in the OS, found by numbering the records as they were
+        inserted (starts) against written_count(table)."""
+        seen = collections.Counter()
+        out = []
+        for pos, line in enumerate(self.lines):
+            if pos in self.bad:
+                continue
+            if pos >= self.reach():
+                out.append(self.first_line + pos)      # never inserted
+                continue
+            table = ingestwire.decode_line(line)[0]
+            if pos >= self.pos and table in self.redo_tables:
+                out.append(self.first_line + pos)      # waiting to be inserted again
+                continue
+            number = self.starts[table] + seen[table]
+            seen[table] += 1
+            if number >= written_count(table):
+                out.append(self.first_line + pos)
+        return out
+
+    def redo(self, tables):
+        """Insert this chunk's lines of `tables` up to where it got once more."""
+        self.redo_until = max(self.redo_until, self.pos)
+        self.redo_tables = frozenset(tables) | self.redo_tables
+        for table in tables:
+            self.starts.pop(table, None)
+        self.pos = 0
+        self.marks = None
 
 
 # ---- the chunk ledger -------------------------------------------------------------------

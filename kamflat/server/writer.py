@@ -33,69 +33,17 @@ import time
 
 from kamflat.proto import ingest as ingestwire
 from kamflat.proto import link
+from kamflat.proto.link import Chunk
 from kamflat.flatstore.connection import FlatstoreError
 
 log = logging.getLogger("kamflat.writer")
 
 RETRY_INTERVAL = 0.1                  # seconds between attempts while writes fail
 SHUTDOWN_GRACE = 5.0                  # how long a failing write may delay a stop (stop_grace)
-MAX_REPORT_ERRORS = 1000              # per chunk; the rest are counted, not described
 DATAGRAMS_PER_WAKEUP = 32             # SIP datagrams taken per select() before looking around
 BUFFER_AGE = 1.0                      # flush=0: the longest a record waits in memory
 REPORT_SEND_TIMEOUT = 5.0             # a report the ingest does not take in time is dropped
 STOP_WAIT = 15.0                      # stopping: the longest wait for the ingest's `stop`
-
-
-class Chunk:
-    """Lines from one ingest connection, worked through record by record.
-
-    `starts[table]` is the connection's taken_count(table) before the chunk's first
-    record of that table (the chunk's records of a table are numbered from there on);
-    `marks[table]`, set when every line was inserted, is the count the table's
-    written_count() must reach for the whole chunk to be in the OS."""
-
-    def __init__(self, conn_id, first_line, payload):
-        self.conn_id = conn_id
-        self.first_line = first_line
-        self.lines = payload.split(b"\n")
-        if self.lines and self.lines[-1] == b"":
-            self.lines.pop()
-        self.pos = 0
-        self.written = 0
-        self.errors = []
-        self.error_count = 0
-        self.bad = set()          # positions of lines that can never be written
-        self.starts = {}
-        self.marks = None
-        self.redo_until = 0       # lines before this are inserted again (a deleted file)
-        self.redo_tables = frozenset()
-
-    def refuse(self, pos, reason):
-        self.error_count += 1
-        self.bad.add(pos)
-        if len(self.errors) < MAX_REPORT_ERRORS:
-            self.errors.append([self.first_line + pos, reason])
-
-    def reach(self):
-        """Lines before this were inserted (once, at least)."""
-        return max(self.pos, self.redo_until)
-
-    def report(self, unwritten=(), reason=""):
-        """The report message; `unwritten`: line numbers not in the file (a stop)."""
-        reach = self.reach()
-        inserted_not_written = sum(1 for n in unwritten if n - self.first_line < reach)
-        return link.Message("report", self.conn_id, self.first_line, link.Report(
-            self.written - inserted_not_written, self.errors, self.error_count,
-            link.unwritten_ranges(unwritten), reason))
-
-    def redo(self, tables):
-        """Insert this chunk's lines of `tables` up to where it got once more."""
-        self.redo_until = max(self.redo_until, self.pos)
-        self.redo_tables = frozenset(tables) | self.redo_tables
-        for table in tables:
-            self.starts.pop(table, None)
-        self.pos = 0
-        self.marks = None
 
 
 class Writer:
@@ -466,7 +414,7 @@ class Writer:
         sip = sum(len(p) for p in self.pending if not isinstance(p, Chunk))
         lines = 0
         for chunk in chunks:
-            unwritten = self.unwritten_lines(chunk)
+            unwritten = chunk.unwritten(conn.written_count)
             lines += len(unwritten)
             self.tell_ingest(chunk.report(unwritten, reason))
         conn.discard_buffered()
@@ -478,27 +426,6 @@ class Writer:
                   lines + sip, lines, len({c.conn_id for c in chunks}),
                   ", ".join(sorted({"%#x" % c.conn_id for c in chunks})) or "-", sip,
                   self.last_failure)
-
-    def unwritten_lines(self, chunk):
-        """The line numbers of `chunk` that are not in the OS, found by numbering its
-        records as they were inserted (starts) against written_count()."""
-        seen = collections.Counter()
-        out = []
-        for pos, line in enumerate(chunk.lines):
-            if pos in chunk.bad:
-                continue
-            if pos >= chunk.reach():
-                out.append(chunk.first_line + pos)      # never inserted
-                continue
-            table = ingestwire.decode_line(line)[0]
-            if pos >= chunk.pos and table in chunk.redo_tables:
-                out.append(chunk.first_line + pos)      # waiting to be inserted again
-                continue
-            number = chunk.starts[table] + seen[table]
-            seen[table] += 1
-            if number >= self.conn.written_count(table):
-                out.append(chunk.first_line + pos)
-        return out
 
 
 def _drain(fd):
