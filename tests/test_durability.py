@@ -7,6 +7,7 @@ all be 0. Bigger runs of the same scenarios: benchmarks/bench_faults.py.
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import wait_until
 from serverutil import Server, statistic
+from kamflat.client import send
 from kamflat.tools import tally
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -176,3 +178,48 @@ def test_a_killed_master_leaves_no_ingest_socket(tmp_path):
     finally:
         server.stop()
     assert not server.ingest.exists() and not server.fifo.exists()
+
+
+def process_pid(server, desc):
+    for line in server.mi("ps").decode().splitlines():
+        if line.rstrip().endswith(desc):
+            return int(line.split("PID=")[1].split()[0])
+    raise AssertionError("no %s process in ps" % desc)
+
+
+def open_idle(path, most):
+    """Up to `most` connections that send nothing (as many as the backlog takes)."""
+    socks = []
+    for _ in range(most):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:      # the backlog is full: the server is not accepting
+            sock.close()
+            break
+        socks.append(sock)
+    return socks
+
+
+@pytest.mark.parametrize("limit", ["fd limit", "connection cap"])
+def test_idle_connections_never_kill_the_ingest_nor_lock_out_a_sender(tmp_path, limit):
+    extra = 'modparam("kamflat", "ingest_max_connections", 60)' if limit != "fd limit" else ""
+    with Server(tmp_path, children=2, extra=extra) as server:
+        ingest = process_pid(server, "ingest")
+        if limit == "fd limit":
+            subprocess.run(["prlimit", "--pid", str(ingest), "--nofile=100:100"], check=True)
+        idle = open_idle(str(server.ingest), 400)
+        try:
+            wait_until(lambda: "ingest: not accepting new connections for now" in server.log(),
+                       10, what="the ingest to stop accepting")
+            assert len(idle) > 100     # it took more than its limit: the rest wait
+            result = send(str(server.ingest), [tally.record("n", i) for i in range(10)],
+                          timeout=20)
+            assert result.ok and result.written == 10
+        finally:
+            for sock in idle:
+                sock.close()
+        assert process_pid(server, "ingest") == ingest      # never died
+        assert statistic(server.mi("get_statistics", "ingest:"), "ingest:idle_closed") >= 1
+    assert "Traceback" not in server.log()

@@ -101,6 +101,8 @@ class Arbiter:
             from kamflat.server.ingest import Ingest
             return Ingest(self.listener, writer_socks, self.state,
                           grace=self.settings.stop_grace + INGEST_EXTRA_GRACE,
+                          max_connections=self.settings.ingest_max_connections,
+                          idle_timeout=self.settings.ingest_idle_timeout,
                           path=self.settings.ingest_socket, ident=self.listener_ident).run()
         return run
 

@@ -14,6 +14,7 @@ tells each sender exactly which of its lines were written, and removes the inges
 socket (so does the master; this covers a master killed with -9).
 """
 import collections
+import errno
 import logging
 import os
 import selectors
@@ -31,6 +32,12 @@ READ_SIZE = 1 << 16
 MAX_OUTPUT = 1 << 20      # error replies a sender has not read yet; past this, stop reading it
 STOP_GRACE = 10.0         # how long a stop waits for writers to report outstanding chunks
 STOP_READ_BUDGET = 1 << 22  # at a stop, bytes still read from each sender (what it had sent)
+MAX_CONNECTIONS = 1024    # ingest_max_connections: senders connected at once
+IDLE_TIMEOUT = 60.0       # ingest_idle_timeout: a sender silent this long is closed
+EVICT_IDLE = 1.0          # at the cap, a sender silent this long makes room for a new one
+ACCEPT_RETRY = 0.5        # out of descriptors: accept again after this, or when one closes
+# Out of descriptors or memory: not the new sender's fault, and nothing to kill us for.
+ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 FINAL_SEND_TIMEOUT = 5.0  # a stop's last answers (line errors included) to one sender
 _PEERCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
@@ -46,6 +53,7 @@ class Sender:
         self.next_line = 1
         self.skipping = False     # inside a line that was too long, until its newline
         self.eof = False
+        self.active = time.monotonic()   # last bytes in or out, or last report
         self.cut_off = False      # the server stopped reading it before its end
         self.outstanding = 0      # chunks handed to writers and not yet reported
         self.written = 0
@@ -71,10 +79,16 @@ class Sender:
 
 class Ingest:
     def __init__(self, listener, writer_socks, state, path=None, ident=None,
-                 grace=STOP_GRACE):
+                 grace=STOP_GRACE, max_connections=MAX_CONNECTIONS,
+                 idle_timeout=IDLE_TIMEOUT):
         """path, ident: the ingest socket's path and (st_dev, st_ino), removed at a stop
         if it is still that socket. grace: how long a stop waits for the writers."""
         self.grace = grace
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.accepting = True
+        self.accept_again = None        # paused: when to try accept() again
+        self.exhausted_logged = False   # one log line per shortage, not per attempt
         self.listener = listener
         self.path, self.ident = path, ident
         self.writers = list(writer_socks)
@@ -104,7 +118,7 @@ class Ingest:
             w.setblocking(False)
             self.sel.register(w, selectors.EVENT_READ, self.on_report)
         while not self.stopping:
-            self.step(None)
+            self.step(self.next_timeout())
             while True:       # the wake-up pipe only interrupts select; empty it
                 try:
                     if not os.read(wake_r, 512):
@@ -121,13 +135,38 @@ class Ingest:
             key.data(key.fileobj, events)
         self.dispatch()
         self.update_interest()
+        if self.accept_again is not None and time.monotonic() >= self.accept_again:
+            self.accept_again = None
+            self._set_accepting(True)
+        if self.idle_timeout and self.senders:
+            self.close_idle_senders()
+
+    def next_timeout(self):
+        due = [self.accept_again] if self.accept_again is not None else []
+        if self.senders:
+            due.append(time.monotonic() + 1.0)    # idle senders are looked at each second
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     # -- senders ------------------------------------------------------------
     def on_accept(self, listener, events):
+        if len(self.senders) >= self.max_connections and not self.evict_idle():
+            self.pause_accepting("%d connections open (ingest_max_connections)"
+                                 % len(self.senders))
+            return
         try:
             sock, _ = listener.accept()
         except BlockingIOError:
             return
+        except OSError as exc:
+            if exc.errno not in ACCEPT_EXHAUSTED:
+                log.warning("ingest: accept failed: %s", exc)
+                return
+            if not self.evict_idle():
+                self.pause_accepting(exc.strerror)
+            return
+        if self.exhausted_logged:
+            log.info("ingest: accepting connections again")
+            self.exhausted_logged = False
         sock.setblocking(False)
         self.counter += 1
         sender = Sender((os.getpid() << 32) | self.counter, sock)
@@ -144,6 +183,7 @@ class Ingest:
             self.read_sender(sender)
 
     def read_sender(self, sender):
+        sender.active = time.monotonic()
         try:
             data = sender.sock.recv(READ_SIZE)
         except BlockingIOError:
@@ -219,6 +259,50 @@ class Ingest:
         if sender.done_sent:
             self.drop(sender)
 
+    def pause_accepting(self, why):
+        """Out of descriptors (or at the cap): stop accepting until a sender closes or
+        ACCEPT_RETRY passed; new senders wait in the listen backlog meanwhile."""
+        if not self.exhausted_logged:
+            log.error("ingest: not accepting new connections for now: %s (%d open); "
+                      "accepting again when one closes", why, len(self.senders))
+            self.exhausted_logged = True
+            self.state.add("ingest", "accept_paused")
+        self.accept_again = time.monotonic() + ACCEPT_RETRY
+        self._set_accepting(False)
+
+    def _set_accepting(self, on):
+        if on != self.accepting and not (on and self.stopping):
+            (self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept) if on
+             else self.sel.unregister(self.listener))
+            self.accepting = on
+
+    def idle(self, sender, now):
+        """How long `sender` has been idle, 0 while it has anything in progress."""
+        if sender.outstanding or sender.outbuf or sender.inbuf or sender.eof:
+            return 0.0
+        return now - sender.active
+
+    def evict_idle(self):
+        """Close the longest-idle sender if it has been idle EVICT_IDLE; True if one was."""
+        now = time.monotonic()
+        sender = max(self.senders.values(), key=lambda s: self.idle(s, now), default=None)
+        if sender is None or self.idle(sender, now) < EVICT_IDLE:
+            return False
+        self.close_idle(sender, "making room for a new connection")
+        return True
+
+    def close_idle(self, sender, why):
+        log.info("ingest: closing %s, idle for %.0f s: %s", sender.describe(),
+                 time.monotonic() - sender.active, why)
+        self.state.add("ingest", "idle_closed")
+        self.drop(sender)
+
+    def close_idle_senders(self):
+        now = time.monotonic()
+        for sender in [s for s in self.senders.values()
+                       if self.idle(s, now) >= self.idle_timeout]:
+            self.close_idle(sender, "ingest_idle_timeout")
+
     def drop(self, sender):
         self.senders.pop(sender.id, None)
         self.by_fd.pop(sender.sock.fileno(), None)
@@ -227,6 +311,9 @@ class Ingest:
         except (KeyError, ValueError):
             pass
         sender.sock.close()
+        if not self.accepting:     # a descriptor is free again
+            self.accept_again = None
+            self._set_accepting(True)
 
     # -- writers ------------------------------------------------------------
     def dispatch(self):
@@ -324,7 +411,10 @@ class Ingest:
     def update_interest(self):
         """Read senders only while chunks can move on; write to those with output."""
         room = not self.queue and not self.stopping   # a stop reads senders by itself
+        now = time.monotonic()
         for sender in list(self.senders.values()):
+            if not room:
+                sender.active = now     # not reading it is our doing, not its idleness
             events = 0
             if room and not sender.eof and len(sender.outbuf) < MAX_OUTPUT:
                 events |= selectors.EVENT_READ
@@ -352,7 +442,8 @@ class Ingest:
     # -- stopping -----------------------------------------------------------
     def stop(self):
         """Take what senders have already sent, see it written, tell them, close."""
-        self.sel.unregister(self.listener)
+        self._set_accepting(False)
+        self.stopping = True
         self.listener.close()
         deadline = time.monotonic() + self.grace
         for sender in list(self.senders.values()):

@@ -30,6 +30,8 @@ class Settings:
         self.encode_newlines = bool(cfg.param("kamflat", "encode_newlines"))
         self.rotate_timeout = cfg.param("kamflat", "rotate_timeout") / 1000.0
         self.stop_grace = cfg.param("kamflat", "stop_grace") / 1000.0
+        self.ingest_max_connections = cfg.param("kamflat", "ingest_max_connections")
+        self.ingest_idle_timeout = cfg.param("kamflat", "ingest_idle_timeout") / 1000.0
         self.ingest_socket = cfg.param("kamflat", "ingest_socket") or None
         self.listen = list(cfg.listen)
         self.sip = None
