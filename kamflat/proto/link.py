@@ -275,9 +275,9 @@ class Ledger:
 
     def abandon(self, writer):
         """The stop's grace ran out: every chunk of the writer not reported is lost."""
-        lost = [entry.move("abandon") for entry in self.handed[writer]
-                if entry.key is not MARKER_KEY]
-        lost += [entry.move("abandon") for entry in self.taken[writer].values()]
+        lost = [entry.move("abandon") for entry in self.taken[writer].values()]
+        lost += [entry.move("abandon") for entry in self.handed[writer]
+                 if entry.key is not MARKER_KEY]
         self.handed[writer].clear()
         self.taken[writer].clear()
         return lost

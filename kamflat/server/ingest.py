@@ -112,11 +112,7 @@ class Ingest:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         self.sel.register(wake_r, selectors.EVENT_READ, None)
-        self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)
-        for w in self.writers:
-            w.setblocking(False)
-            self.sel.register(w, selectors.EVENT_READ, self.on_report)
+        self.setup()
         while not self.stopping:
             self.step(self.next_timeout())
             while True:       # the wake-up pipe only interrupts select; empty it
@@ -127,6 +123,14 @@ class Ingest:
                     break
         self.stop()
         return 0
+
+    def setup(self):
+        """Listen and hear the writers (the loop's part of run())."""
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)
+        for w in self.writers:
+            w.setblocking(False)
+            self.sel.register(w, selectors.EVENT_READ, self.on_report)
 
     def step(self, timeout):
         for key, events in self.sel.select(timeout):
