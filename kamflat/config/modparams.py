@@ -114,13 +114,13 @@ EMULATED = {
         "ingest_socket":               (STR, "", False),
         "encode_newlines":             (INT, 0, False),
         "rotate_timeout":              (INT, 2000, False),     # ms
-        "stop_grace":                  (INT, 5000, False),     # ms a stop retries failing writes
-        "ingest_max_connections":      (INT, 1024, False),
-        "ingest_idle_timeout":         (INT, 60000, False),    # ms; 0: never
         "sip_reply":                   (STR, "200 OK", True),
         "acc_methods":                 (STR, "INVITE|BYE", False),
         "sip_missed_calls":            (INT, 1, False),   # accounted >= 300 -> missed_calls
         "sip_server_header":           (STR, None, False),  # None: "kamflat (VERSION)"
+        "stop_grace":                  (INT, 5000, False),     # ms a stop retries failing writes
+        "ingest_max_connections":      (INT, 1024, False),
+        "ingest_idle_timeout":         (INT, 60000, False),    # ms; 0: never
     },
 }
 

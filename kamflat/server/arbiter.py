@@ -13,7 +13,6 @@ tells each sender exactly what was written; the writers write everything handed 
 them, giving up after a grace on what cannot be written), then the management
 process (it removes its FIFOs and sockets).
 """
-import ctypes
 import logging
 import os
 import select
@@ -23,6 +22,7 @@ import stat
 import time
 
 from kamflat.flatstore import connection as flatstore
+from kamflat.server import child as childproc
 from kamflat.server.shm import SharedState
 from kamflat.server.writer import Writer, seqpacket_pair
 
@@ -173,18 +173,11 @@ class Arbiter:
             self.state.set_process(child.idx, pid, child.rank, child.desc)
             return
         # In the child: never return into the master's code.
-        code = 1
+        code = childproc.EXIT_FAILED
         try:
-            for sig in self.SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            _stop_with_parent(self.pid)
+            childproc.become_child(self.pid, self.SIGNALS)
             self.state.slot = child.idx
-            code = child.target() or 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            log.exception("%s (pid %d) failed", child.desc, os.getpid())
+            code = childproc.exit_code(child.target, child.desc)
         finally:
             logging.shutdown()
             os._exit(code)
@@ -263,17 +256,6 @@ class Arbiter:
                     deadline = time.monotonic() + STOP_TIMEOUT
                 time.sleep(0.01)
         return failed
-
-
-def _stop_with_parent(master_pid):
-    """Have the kernel send this child SIGTERM if the master dies (even by SIGKILL), so
-    the child stops cleanly (writers flush) instead of living on without a master."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("cannot ask to stop with the master: %s", os.strerror(ctypes.get_errno()))
-    if os.getppid() != master_pid:     # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _listen_unix(path):

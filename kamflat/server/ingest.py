@@ -18,13 +18,13 @@ import errno
 import logging
 import os
 import selectors
-import signal
 import socket
 import struct
 import time
 
 from kamflat.proto import ingest as ingestwire
 from kamflat.proto import link
+from kamflat.server.child import ChildProcess
 
 log = logging.getLogger("kamflat.server.ingest")
 
@@ -77,7 +77,7 @@ class Sender:
         self.outbuf += ingestwire.encode_error(line_no, message)
 
 
-class Ingest:
+class Ingest(ChildProcess):
     def __init__(self, listener, writer_socks, state, path=None, ident=None,
                  grace=STOP_GRACE, max_connections=MAX_CONNECTIONS,
                  idle_timeout=IDLE_TIMEOUT):
@@ -103,24 +103,13 @@ class Ingest:
         self.stopping = False
         self.sel = selectors.DefaultSelector()
 
-    def handle_term(self, signum, frame):
-        self.stopping = True
-
     def run(self):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self.handle_term)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-        self.sel.register(wake_r, selectors.EVENT_READ, None)
+        self.init_signals()
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         self.setup()
         while not self.stopping:
             self.step(self.next_timeout())
-            while True:       # the wake-up pipe only interrupts select; empty it
-                try:
-                    if not os.read(wake_r, 512):
-                        break
-                except BlockingIOError:
-                    break
+            self.drain_wakeup()
         self.stop()
         return 0
 

@@ -7,8 +7,9 @@ therefore never holds up another transport.
 """
 import logging
 import os
-import signal
 import threading
+
+from kamflat.server.child import ChildProcess
 
 log = logging.getLogger("kamflat.management")
 
@@ -47,8 +48,9 @@ def build_servers(cfg, management):
 
 def run(settings, management, ready_fd):
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    process = ChildProcess()
+    process.on_term = stop.set
+    process.init_signals(wakeup=False)   # the main thread waits on `stop`, not select()
     opened = []
     try:
         for server in build_servers(settings.cfg, management):

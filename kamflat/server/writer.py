@@ -25,9 +25,7 @@ What the writer promises:
 """
 import collections
 import logging
-import os
 import selectors
-import signal
 import socket
 import time
 
@@ -35,6 +33,7 @@ from kamflat.proto import ingest as ingestwire
 from kamflat.proto import link
 from kamflat.proto.link import Chunk
 from kamflat.flatstore.connection import FlatstoreError
+from kamflat.server.child import ChildProcess
 
 log = logging.getLogger("kamflat.writer")
 
@@ -46,7 +45,7 @@ REPORT_SEND_TIMEOUT = 5.0             # a report the ingest does not take in tim
 STOP_WAIT = 15.0                      # stopping: the longest wait for the ingest's `stop`
 
 
-class Writer:
+class Writer(ChildProcess):
     """One writer process's loop. Built before fork, `run()` in the child."""
 
     def __init__(self, rank, connection, state, data_sock=None, control_sock=None,
@@ -71,18 +70,6 @@ class Writer:
         self.not_written = 0                 # records given up at a stop
         self.stopping = False
 
-    # -- process setup ------------------------------------------------------
-    def init_signals(self):
-        # Ctrl-C reaches the whole process group: the master decides when writers stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self.handle_term)
-        # The handler only sets a flag; this pipe wakes select() up to notice it.
-        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-
-    def handle_term(self, signum, frame):
-        self.stopping = True
-
     # -- main loop ----------------------------------------------------------
     def run(self):
         self.init_signals()
@@ -106,7 +93,7 @@ class Writer:
             reading = want
             for key, _ in sel.select(self.next_timeout()):
                 if key.data == "wake":
-                    _drain(self.wake_r)
+                    self.drain_wakeup()
                 elif key.data == "control":
                     self.on_control()
                 elif key.data == "data":
@@ -426,14 +413,6 @@ class Writer:
                   lines + sip, lines, len({c.conn_id for c in chunks}),
                   ", ".join(sorted({"%#x" % c.conn_id for c in chunks})) or "-", sip,
                   self.last_failure)
-
-
-def _drain(fd):
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def seqpacket_pair(buffer=1 << 21):
