@@ -104,7 +104,7 @@ class _TableFile:
     grows: it numbers the records, so a caller can tell when record k is in the OS);
     `cell` is the shared written-records statistic, kept in step with every write."""
     __slots__ = ("path", "fd", "pending", "pending_size", "written", "cell", "ident",
-                 "end", "journal")
+                 "ino", "end", "journal")
 
     def __init__(self, path, cell, journal):
         self.path = path
@@ -116,6 +116,7 @@ class _TableFile:
         self.written = 0
         self.cell = cell
         self.ident = None        # (st_dev, st_ino) of the open file
+        self.ino = 0
 
     def open(self):
         try:
@@ -131,14 +132,15 @@ class _TableFile:
                                  "exist and be writable)" % (self.path, error.strerror,
                                                              os.path.dirname(self.path)),
                                  self.path) from None
-        self.fd, self.ident, self.end = fd, (st.st_dev, st.st_ino), st.st_size
+        self.fd, self.ident, self.ino, self.end = fd, (st.st_dev, st.st_ino), st.st_ino, \
+            st.st_size
         return fd
 
     def note(self, size, records):
-        """Journal the write about to be made (see kamflat.flatstore.integrity)."""
+        """Journal the write about to be made (see kamflat.flatstore.integrity); END is 0
+        here: cleared after every write."""
         journal = self.journal
-        journal[J_END] = 0
-        journal[J_INO] = self.ident[1]
+        journal[J_INO] = self.ino
         journal[J_BASE] = self.cell[0]
         journal[J_START] = self.end
         journal[J_RECORDS] = records
@@ -267,9 +269,11 @@ class FlatConnection:
         memoryview ("Q") of integrity.JOURNAL_WORDS that outlives the process."""
         self.directory = os.path.abspath(directory)
         self._written_cell = written_cell or _private_cell
-        self._journal = journal if journal is not None else integrity.private_journal()
         self.rank = rank
         self.flush = bool(flush)
+        self._journal = journal if journal is not None else integrity.private_journal()
+        if not self._journal[J_END]:    # else a predecessor's entry: repair_files() first
+            self._set_journal_records()
         self.rotation = rotation
         self._suffix = table_file_name("t", rank)[1:]  # "_<N>.log"; validates the rank
         if rotation is not None and not isinstance(rotation, RotationCounter):
@@ -322,19 +326,26 @@ class FlatConnection:
             fd = table.fd
             if fd is None:
                 fd = table.open()
-            table.note(len(line), 1)
+            # table.note() and table.wrote(), inlined: this is the hot path
+            journal, cell, end, size = self._journal, table.cell, table.end, len(line)
+            journal[J_INO] = table.ino      # (J_RECORDS is 1 for good: see __init__)
+            journal[J_BASE] = cell[0]
+            journal[J_END] = end + size
             try:
                 written = _write(fd, line)
             except OSError as error:
                 table.resync()
                 raise table.failed(error) from None
-            if written != len(line):
+            if written != size:
                 try:
-                    table.finish(line, written, (len(line),))
+                    table.finish(line, written, (size,))
                 except FlatstoreError:
                     table.resync()
                     raise
-            table.wrote(len(line), 1)
+            table.end = end + size
+            table.written += 1
+            cell[0] += 1
+            journal[J_END] = 0
         else:
             if table.fd is None:
                 table.open()  # a missing directory fails now, not at some later flush
@@ -416,8 +427,14 @@ class FlatConnection:
         """Cut any of this connection's files in the directory that ends in a partial
         record, and count the journal's write if it reached its file; a writer does this
         when it starts. Returns the paths that were cut."""
-        return integrity.repair_directory(self.directory, self._suffix, self._journal,
-                                          self._written_cell)
+        cut = integrity.repair_directory(self.directory, self._suffix, self._journal,
+                                         self._written_cell)
+        self._set_journal_records()
+        return cut
+
+    def _set_journal_records(self):
+        if self.flush:     # one record per write: the hot path need not store it each time
+            self._journal[J_RECORDS] = 1
 
     def _each_table(self, action):
         first_error = None

@@ -6,7 +6,7 @@
 - The write journal: before each write() the connection notes the file (inode), the
   written statistic before the write, where the write starts and ends and how many
   records it holds; END is stored last and cleared first, so a noted entry is always
-  whole. A writer killed between its write() and its count (or in the middle of a
+  whole (END is 0 between writes). A writer killed between its write() and its count (or in the middle of a
   block) leaves the entry, and its successor counts what reached the file: every record
   if the file reaches END, else the whole records before the cut.
 - Where a file is: an open file whose name is gone (deleted) or whose path now names
@@ -54,8 +54,8 @@ def count_journaled(fd, journal, cell):
     size = os.fstat(fd).st_size
     if size >= journal[J_END]:
         records = journal[J_RECORDS]
-    elif size <= journal[J_START]:
-        records = 0
+    elif journal[J_RECORDS] == 1 or size <= journal[J_START]:
+        records = 0       # (a one-record write does not note its START)
     else:     # killed in the middle of a block: its whole records before the cut
         records = os.pread(fd, size - journal[J_START], journal[J_START]).count(b"\n")
     cell[0] = max(cell[0], journal[J_BASE] + records)
@@ -69,7 +69,7 @@ def repair_directory(directory, suffix, journal, written_cell):
     try:
         names = os.listdir(directory)
     except OSError:
-        return cut     # a missing directory is reported by the first insert
+        names = []     # a missing directory is reported by the first insert
     for name in sorted(names):
         if not name.endswith(suffix):
             continue

@@ -246,6 +246,10 @@ class Ingest(ChildProcess, AcceptGate):
             lost = self.ledger.reached(fd)
         elif kind == "hello":            # a (re)started writer: its predecessor's chunks
             lost = self.ledger.hello(fd)
+            if lost:
+                log.warning("ingest: writer %d restarted holding %d chunks not reported; "
+                            "their lines are refused to their senders", message.number,
+                            len(lost))
             try:
                 self.by_writer_fd[fd].send(link.MARKER)
             except OSError:
