@@ -7,7 +7,11 @@
 
 `send` streams the lines while reading the server's answers (so a long run of bad
 lines never deadlocks both sides), shuts down its write side and waits for the
-server's final line: `done` once every accepted record is written.
+server's final line: `done` once every accepted record is written, i.e. handed to the
+OS by write() into the file at its path (with flush=0 that follows the block write,
+at most about a second after the last line). A line is in the file exactly when the
+server took it (`lines`) and answered no error for it: a stop that could not write
+some lines answers each with "not written: ...".
 """
 import json
 import selectors
@@ -26,7 +30,7 @@ class ServerUnreachable(SendError):
 @dataclass
 class Result:
     lines: int = 0          # lines the server took
-    written: int = 0        # records written
+    written: int = 0        # records in the file (handed to the OS)
     errors: list = field(default_factory=list)   # (line number, message)
     error_count: int = 0
     stopped: bool = False   # the server stopped before taking everything

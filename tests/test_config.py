@@ -320,7 +320,8 @@ BROKEN_CASES = [
     ("unknown kamflat param", 'modparam("kamflat", "ingest", "/tmp/s")', {}, 1,
      'modparam: module kamflat has no parameter "ingest"; did you mean ingest_socket? (its '
      'parameters: ingest_socket, encode_newlines, rotate_timeout, sip_reply, acc_methods, '
-     'sip_missed_calls, sip_server_header, ctl_max_connections, ctl_idle_timeout)'),
+     'sip_missed_calls, sip_server_header, ctl_max_connections, ctl_idle_timeout, stop_grace, '
+     'ingest_max_connections, ingest_idle_timeout)'),
     ("no module matches", 'loadmodule "tm.so"\nmodparam("acc", "db_flag", 1)', {}, 2,
      'modparam: no loaded module matches "acc"; load it first with loadmodule "acc.so" '
      '(loaded so far: tm)'),

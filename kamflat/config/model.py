@@ -116,6 +116,9 @@ class Model:
     encode_delimiter: bool
     encode_newlines: bool
     rotate_timeout: float     # seconds
+    stop_grace: float         # seconds a stop keeps retrying writes that fail
+    ingest_max_connections: int
+    ingest_idle_timeout: float   # seconds; 0: never
     ingest_socket: Place
     mi_fifo: Fifo
     jsonrpc_fifo: Fifo
@@ -249,6 +252,9 @@ def resolve(config, serving=True):
         encode_delimiter=bool(config.param("db_flatstore", "encode_delimiter")),
         encode_newlines=bool(config.param("kamflat", "encode_newlines")),
         rotate_timeout=config.param("kamflat", "rotate_timeout") / 1000.0,
+        stop_grace=config.param("kamflat", "stop_grace") / 1000.0,
+        ingest_max_connections=config.param("kamflat", "ingest_max_connections"),
+        ingest_idle_timeout=config.param("kamflat", "ingest_idle_timeout") / 1000.0,
         ingest_socket=_ingest(config),
         mi_fifo=_mi_fifo(config, run_dir) if loaded("mi_fifo") else None,
         jsonrpc_fifo=_jsonrpc_fifo(config, run_dir) if loaded("jsonrpcs") else None,

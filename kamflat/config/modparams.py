@@ -120,6 +120,9 @@ EMULATED = {
         "sip_server_header":           (STR, None, False),  # None: "kamflat (VERSION)"
         "ctl_max_connections":         (INT, 256, False),   # open ctl stream connections
         "ctl_idle_timeout":            (INT, 60000, False),   # ms without a byte: closed
+        "stop_grace":                  (INT, 5000, False),     # ms a stop retries failing writes
+        "ingest_max_connections":      (INT, 1024, False),
+        "ingest_idle_timeout":         (INT, 60000, False),    # ms; 0: never
     },
 }
 

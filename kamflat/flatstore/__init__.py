@@ -1,5 +1,7 @@
 """db_flatstore files: record encoding (pure, `record`), the writer connection
-(`connection`), reading files (`reader`) and following them (`follow`).
+(`connection`, with `integrity`: torn tails, the write journal, files deleted under it;
+`generation`: the rotation counter), reading files (`reader`) and following them
+(`follow`).
 
 `kamflat.flatstore.connect` and `FlatstoreError` are loaded on first use so that
 importing the pure `kamflat.flatstore.record` does not load the writer's IO.

@@ -18,13 +18,19 @@ Where this differs from Kamailio on purpose:
   raises FlatstoreError naming the path; nothing of that record stays in the file or the
   buffer, and the same insert can be retried. The connection recovers by itself when the
   directory is back: no restart, no rotation needed.
+- A file that ends in a partial record when it is opened (a process killed in the middle
+  of a write, of any program) is cut back to its last newline, and the cut is logged: no
+  record is ever appended after half a record.
+- Each table keeps count of the records it handed to the OS (`written_count()`), and
+  `check_files()` finds files deleted or replaced under the connection since the last
+  check, so a caller can tell when a record is really in the file at its path.
 """
-import fcntl
-import mmap
+import logging
 import os
-import tempfile
-import threading
 
+from kamflat.flatstore import integrity
+from kamflat.flatstore.generation import RotationCounter
+from kamflat.flatstore.integrity import J_BASE, J_END, J_INO, J_RECORDS, J_START
 from kamflat.flatstore.record import make_encoder
 
 __all__ = ["connect", "FlatConnection", "RotationCounter", "FlatstoreError",
@@ -33,10 +39,18 @@ __all__ = ["connect", "FlatConnection", "RotationCounter", "FlatstoreError",
 URL_SCHEME = "flatstore:"
 FILE_SUFFIX = ".log"
 FILE_MODE = 0o644
-OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# Read access too: opening checks whether the file ends in a partial record.
+OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 BUFFER_SIZE = 64 * 1024  # flush=False writes the buffered records once they reach this
 _write = os.write         # one global lookup on the insert path instead of two
 _NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a counter: 0
+
+log = logging.getLogger("kamflat.flatstore")
+
+
+def _private_cell(table):
+    """A written-records counter nobody else reads (a connection without statistics)."""
+    return memoryview(bytearray(8)).cast("Q")
 
 
 class FlatstoreError(Exception):
@@ -80,95 +94,82 @@ def parse_url(url):
     return url[len(URL_SCHEME):]
 
 
-# ---- the shared rotation counter -------------------------------------------------------
-
-class RotationCounter:
-    """A rotation generation number in shared memory.
-
-    RotationCounter() is anonymous shared memory: create it before forking and every
-    child sees the same number. RotationCounter(path) maps an 8-byte file (created if
-    missing) so unrelated processes can share it. Readers only compare the number (one
-    8-byte read, no lock) with the generation they last saw (a read racing an advance
-    may see a mix of old and new bytes: that costs one extra reopen, never a missed
-    rotation). `advance()` increments under a POSIX record lock on the file (which
-    excludes other processes, including forked children) plus a thread lock (which
-    excludes other threads of this process).
-    Close the counter only after the connections that use it.
-    """
-    SIZE = 8
-
-    def __init__(self, path=None):
-        self.path = path
-        if path is None:
-            if hasattr(os, "memfd_create"):
-                self._fd = os.memfd_create("kamflat-rotation", os.MFD_CLOEXEC)
-            else:
-                with tempfile.TemporaryFile() as f:
-                    self._fd = os.dup(f.fileno())
-        else:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            size = os.fstat(self._fd).st_size
-            if size < self.SIZE:
-                os.ftruncate(self._fd, self.SIZE)  # a new counter starts at 0
-            elif size > self.SIZE:
-                raise ValueError("%s is not a rotation counter: %d bytes, expected %d"
-                                 % (path, size, self.SIZE))
-            self._map = mmap.mmap(self._fd, self.SIZE)
-            self._cell = memoryview(self._map).cast("Q")  # the number, a native uint64
-        except BaseException:
-            os.close(self._fd)
-            raise
-        self._lock = threading.Lock()
-
-    @property
-    def value(self):
-        return self._cell[0]
-
-    def advance(self):
-        """Start a new generation; returns it. Safe with several advancing processes."""
-        with self._lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                value = self._cell[0] = (self._cell[0] + 1) % 2**64
-                return value
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-
-    def close(self):
-        if self._fd is not None:
-            self._cell.release()
-            self._map.close()
-            os.close(self._fd)
-            self._fd = None
-
-    def __repr__(self):
-        state = "closed" if self._fd is None else "value=%d" % self.value
-        return "RotationCounter(%r, %s)" % (self.path, state)
-
-
 # ---- one table file --------------------------------------------------------------------
 
 class _TableFile:
     """DIR/<table>_<N>.log: its descriptor once opened, and (flush=False) the records not
-    written yet. Every write leaves the file at a record boundary."""
-    __slots__ = ("path", "fd", "pending", "pending_size")
+    written yet. Every write leaves the file at a record boundary.
 
-    def __init__(self, path):
+    `written` counts every record handed to the OS since the connection began (it only
+    grows: it numbers the records, so a caller can tell when record k is in the OS);
+    `cell` is the shared written-records statistic, kept in step with every write."""
+    __slots__ = ("path", "fd", "pending", "pending_size", "written", "cell", "ident",
+                 "ino", "end", "journal")
+
+    def __init__(self, path, cell, journal):
         self.path = path
+        self.journal = journal
+        self.end = 0             # the open file's size: only this connection appends
         self.fd = None
         self.pending = []
         self.pending_size = 0
+        self.written = 0
+        self.cell = cell
+        self.ident = None        # (st_dev, st_ino) of the open file
+        self.ino = 0
 
     def open(self):
         try:
-            self.fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            try:
+                fd = os.open(self.path, OPEN_FLAGS, FILE_MODE)
+            except PermissionError:    # writable, not readable: append without the check
+                fd = os.open(self.path, OPEN_FLAGS & ~os.O_RDWR | os.O_WRONLY, FILE_MODE)
+            else:
+                integrity.cut_torn_tail(fd, self.path)
+            st = os.fstat(fd)
         except OSError as error:
             raise FlatstoreError("cannot open flatstore file %s: %s (the directory %s must "
                                  "exist and be writable)" % (self.path, error.strerror,
                                                              os.path.dirname(self.path)),
                                  self.path) from None
-        return self.fd
+        self.fd, self.ident, self.ino, self.end = fd, (st.st_dev, st.st_ino), st.st_ino, \
+            st.st_size
+        return fd
+
+    def note(self, size, records):
+        """Journal the write about to be made (see kamflat.flatstore.integrity); END is 0
+        here: cleared after every write."""
+        journal = self.journal
+        journal[J_INO] = self.ino
+        journal[J_BASE] = self.cell[0]
+        journal[J_START] = self.end
+        journal[J_RECORDS] = records
+        journal[J_END] = self.end + size
+
+    def wrote(self, size, records):
+        self.end += size
+        self.written += records
+        self.cell[0] += records
+        self.journal[J_END] = 0
+
+    def resync(self):
+        """After a failed write: where the file really ends now."""
+        self.journal[J_END] = 0
+        if self.fd is not None:
+            try:
+                self.end = os.fstat(self.fd).st_size
+            except OSError:
+                pass
+
+    def where(self):
+        """'ok', 'deleted' or 'moved': see integrity.file_state."""
+        return "ok" if self.fd is None else integrity.file_state(self.fd, self.path,
+                                                                  self.ident)
+
+    def drop_fd(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     def failed(self, error):
         return FlatstoreError("cannot write to flatstore file %s: %s"
@@ -217,15 +218,22 @@ class _TableFile:
 
     def write(self, data, records):
         fd = self.fd if self.fd is not None else self.open()
+        self.note(len(data), len(records))
         try:
             written = _write(fd, data)
         except OSError as error:
+            self.resync()
             raise self.failed(error) from None
         if written != len(data):
-            self.finish(data, written, records)
+            try:
+                self.finish(data, written, records)
+            except FlatstoreError:
+                self.resync()
+                raise
 
     def write_pending(self):
-        """Write the buffered records; on failure keep those that did not reach the file."""
+        """Write the buffered records (one write() of whole records); on failure keep
+        those that did not reach the file."""
         if not self.pending:
             return
         try:
@@ -234,7 +242,10 @@ class _TableFile:
             done = getattr(error, "records_written", 0)
             del self.pending[:done]
             self.pending_size = sum(map(len, self.pending))
+            self.written += done
+            self.cell[0] += done
             raise
+        self.wrote(self.pending_size, len(self.pending))
         self.pending.clear()
         self.pending_size = 0
 
@@ -242,9 +253,7 @@ class _TableFile:
         try:
             self.write_pending()
         finally:
-            if self.fd is not None:
-                fd, self.fd = self.fd, None
-                os.close(fd)
+            self.drop_fd()
 
 
 # ---- the connection --------------------------------------------------------------------
@@ -257,10 +266,17 @@ class FlatConnection:
     """
 
     def __init__(self, directory, rank=1, flush=True, encode_delimiter=True,
-                 encode_newlines=False, rotation=None):
+                 encode_newlines=False, rotation=None, written_cell=None, journal=None):
+        """written_cell(table) -> a one-item memoryview ("Q") the connection adds every
+        record written into `table` to, as it writes it (shared statistics); journal: a
+        memoryview ("Q") of integrity.JOURNAL_WORDS that outlives the process."""
         self.directory = os.path.abspath(directory)
+        self._written_cell = written_cell or _private_cell
         self.rank = rank
         self.flush = bool(flush)
+        self._journal = journal if journal is not None else integrity.private_journal()
+        if not self._journal[J_END]:    # else a predecessor's entry: repair_files() first
+            self._set_journal_records()
         self.rotation = rotation
         self._suffix = table_file_name("t", rank)[1:]  # "_<N>.log"; validates the rank
         if rotation is not None and not isinstance(rotation, RotationCounter):
@@ -285,7 +301,8 @@ class FlatConnection:
         if current is None:
             if self._closed:
                 raise FlatstoreError("flatstore connection to %s is closed" % self.directory)
-            current = self._files[table] = _TableFile(self.path(table))
+            current = self._files[table] = _TableFile(
+                self.path(table), self._written_cell(table), self._journal)
         self._current = current
 
     def insert(self, keys, values):
@@ -312,12 +329,26 @@ class FlatConnection:
             fd = table.fd
             if fd is None:
                 fd = table.open()
+            # table.note() and table.wrote(), inlined: this is the hot path
+            journal, cell, end, size = self._journal, table.cell, table.end, len(line)
+            journal[J_INO] = table.ino      # (J_RECORDS is 1 for good: see __init__)
+            journal[J_BASE] = cell[0]
+            journal[J_END] = end + size
             try:
                 written = _write(fd, line)
             except OSError as error:
+                table.resync()
                 raise table.failed(error) from None
-            if written != len(line):
-                table.finish(line, written, (line,))
+            if written != size:
+                try:
+                    table.finish(line, written, (line,))
+                except FlatstoreError:
+                    table.resync()
+                    raise
+            table.end = end + size
+            table.written += 1
+            cell[0] += 1
+            journal[J_END] = 0
         else:
             # flush=0, the cheap path: one append per record, one write() per block.
             size = table.pending_size + len(line)
@@ -351,6 +382,66 @@ class FlatConnection:
     def buffered(self):
         """True when flush=False holds records that are not in a file yet."""
         return any(table.pending for table in self._files.values())
+
+    def written_count(self, table):
+        """Records of `table` handed to the OS since this connection began."""
+        current = self._files.get(table)
+        return current.written if current is not None else 0
+
+    def taken_count(self, table):
+        """Records of `table` inserted since this connection began (written or buffered):
+        a record is in the OS once written_count() has reached its number."""
+        current = self._files.get(table)
+        return current.written + len(current.pending) if current is not None else 0
+
+    def check_files(self):
+        """Compare each open file with what is at its path now: {table: 'deleted' or
+        'moved'} for those that differ. Both are closed: the next insert reopens by name,
+        and buffered records stay buffered, for the new file. A deleted file took what was
+        written into it with it; it is up to the caller to insert again what it had not
+        reported yet (and uncount() it)."""
+        found = {}
+        for name, table in self._files.items():
+            try:
+                where = table.where()
+            except OSError as error:   # fstat of our own descriptor: never expected
+                log.error("cannot check flatstore file %s: %s", table.path, error)
+                continue
+            if where != "ok":
+                found[name] = where
+                table.drop_fd()
+        return found
+
+    def uncount(self, table, n):
+        """Take n records off `table`'s written statistic (they went into a deleted file
+        and are about to be inserted again)."""
+        cell = self._files[table].cell
+        cell[0] -= min(n, cell[0])
+
+    def discard_buffered(self, table=None):
+        """Drop what flush=False holds back for `table` (every table if None), without
+        writing it: for records the caller has reported as not written, or will insert
+        again. Returns how many records were dropped."""
+        tables = self._files.values() if table is None else [self._files[table]]
+        dropped = 0
+        for current in tables:
+            dropped += len(current.pending)
+            current.pending.clear()
+            current.pending_size = 0
+        return dropped
+
+    def repair_files(self):
+        """Cut any of this connection's files in the directory that ends in a partial
+        record, and count the journal's write if it reached its file; a writer does this
+        when it starts. Returns the paths that were cut."""
+        cut = integrity.repair_directory(self.directory, self._suffix, self._journal,
+                                         self._written_cell)
+        self._set_journal_records()
+        return cut
+
+    def _set_journal_records(self):
+        if self.flush:     # one record per write: the hot path need not store it each time
+            self._journal[J_RECORDS] = 1
 
     def _each_table(self, action):
         first_error = None
@@ -407,15 +498,16 @@ for _name in UNSUPPORTED_OPERATIONS:
 
 
 def connect(url, rank=1, flush=True, encode_delimiter=True, encode_newlines=False,
-            rotation=None):
+            rotation=None, written_cell=None, journal=None):
     """Open a flatstore connection: `connect("flatstore:/var/log/acc", rank=1)`.
 
     rank picks the file number as Kamailio's process rank does (1 -> acc_129.log, 0 ->
     acc_0.log, -1 -> acc_1.log). flush and encode_delimiter are db_flatstore's params;
     encode_newlines (kamflat's own) also writes CR/LF in strings as %0D/%0A. rotation is
-    a RotationCounter shared with whoever rotates. The directory is not checked here:
-    like Kamailio, the first insert opens the file.
+    a RotationCounter shared with whoever rotates; written_cell, journal see FlatConnection. The
+    directory is not checked here: like Kamailio, the first insert opens the file.
     """
     return FlatConnection(parse_url(url), rank=rank, flush=flush,
                           encode_delimiter=encode_delimiter,
-                          encode_newlines=encode_newlines, rotation=rotation)
+                          encode_newlines=encode_newlines, rotation=rotation,
+                          written_cell=written_cell, journal=journal)

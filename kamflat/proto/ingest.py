@@ -14,8 +14,9 @@ or one object naming a richer Kamailio type:
     {"string": "raw|text"}                                                never %7C-encoded
 
 The server answers on the same connection with one JSON object per line:
-`{"line": N, "error": "..."}` for each line it could not take, and, after the sender
-has shut down its write side and every accepted record is written,
+`{"line": N, "error": "..."}` for each line it could not take (or, at a stop that
+could not write it, "not written: ..."), and, after the sender has shut down its write
+side and every accepted record is written (handed to the OS),
 `{"done": true, "lines": L, "written": W, "errors": E}`.
 """
 import base64

@@ -7,12 +7,12 @@ socket pairs, the ingest socket and the SIP sockets. A restarted child inherits
 the same objects, so a writer that comes back has the same rank, the same files
 and the same sockets.
 
-Stopping order (SIGTERM/SIGINT): the ingest process first (it takes what senders
-already sent, hands it to the writers and tells the senders where it stopped),
-then the writers (they write everything queued for them and flush), then the
-management process (it removes its FIFOs and sockets).
+Stopping order (SIGTERM/SIGINT): the ingest process and the writers together (the
+ingest takes what senders already sent, hands it to the writers, says `stop`, and
+tells each sender exactly what was written; the writers write everything handed to
+them, giving up after a grace on what cannot be written), then the management
+process (it removes its FIFOs and sockets).
 """
-import ctypes
 import logging
 import os
 import select
@@ -23,6 +23,7 @@ import time
 
 from kamflat.flatstore import connection as flatstore
 from kamflat.mgmt.statistics import startup_statistics
+from kamflat.server import child as childproc
 from kamflat.server.shm import SharedState
 from kamflat.server.writer import Writer, seqpacket_pair
 
@@ -31,6 +32,7 @@ log = logging.getLogger("kamflat")
 STOP_TIMEOUT = 20.0        # per stage; a child still alive after this is killed
 RESTART_WINDOW = 10.0      # restarts within this many seconds count as a crash loop
 RESTART_LIMIT = 10         # ... and past this many, wait before each new restart
+INGEST_EXTRA_GRACE = 5.0   # the ingest waits this much longer than the writers' stop_grace
 INGEST_RANK = -3
 MANAGEMENT_RANK = -2
 
@@ -67,6 +69,8 @@ class Arbiter:
         self.listener = None
         if s.ingest_socket:
             self.listener = _listen_unix(s.ingest_socket)
+            st = os.lstat(s.ingest_socket)
+            self.listener_ident = (st.st_dev, st.st_ino)   # the ingest removes only this one
         data_pairs = {rank: seqpacket_pair() for rank in s.ranks}
         control_pairs = {rank: seqpacket_pair(1 << 16) for rank in s.ranks}
         for rank in s.ranks:
@@ -86,10 +90,12 @@ class Arbiter:
     def writer_target(self, rank, data_sock, control_sock):
         def run():
             s = self.settings
-            conn = flatstore.connect(s.db_url, rank=rank, flush=s.flush,
-                                     encode_delimiter=s.encode_delimiter,
-                                     encode_newlines=s.encode_newlines, rotation=self.rotation)
-            return Writer(rank, conn, self.state, control_sock=control_sock,
+            conn = flatstore.connect(
+                s.db_url, rank=rank, flush=s.flush, encode_delimiter=s.encode_delimiter,
+                encode_newlines=s.encode_newlines, rotation=self.rotation,
+                written_cell=lambda table: self.state.cell("flatstore", table + "_written"),
+                journal=self.state.journal())
+            return Writer(rank, conn, self.state, grace=s.stop_grace, control_sock=control_sock,
                           data_sock=data_sock if self.listener is not None else None,
                           udp_socks=self.udp_socks, sip_handler=s.sip).run()
         return run
@@ -97,7 +103,11 @@ class Arbiter:
     def ingest_target(self, writer_socks):
         def run():
             from kamflat.server.ingest import Ingest
-            return Ingest(self.listener, writer_socks, self.state).run()
+            return Ingest(self.listener, writer_socks, self.state,
+                          grace=self.settings.stop_grace + INGEST_EXTRA_GRACE,
+                          max_connections=self.settings.ingest_max_connections,
+                          idle_timeout=self.settings.ingest_idle_timeout,
+                          path=self.settings.ingest_socket, ident=self.listener_ident).run()
         return run
 
     def management_target(self, control_socks):
@@ -167,18 +177,11 @@ class Arbiter:
             self.state.set_process(child.idx, pid, child.rank, child.desc)
             return
         # In the child: never return into the master's code.
-        code = 1
+        code = childproc.EXIT_FAILED
         try:
-            for sig in self.SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            _stop_with_parent(self.pid)
+            childproc.become_child(self.pid, self.SIGNALS)
             self.state.slot = child.idx
-            code = child.target() or 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            log.exception("%s (pid %d) failed", child.desc, os.getpid())
+            code = childproc.exit_code(child.target, child.desc)
         finally:
             logging.shutdown()
             os._exit(code)
@@ -221,13 +224,20 @@ class Arbiter:
         self.stopping = True
         ingest = [c for c in self.children if c.rank == INGEST_RANK]
         writers = [c for c in self.children if c.rank > 0]
-        for stage in (ingest, writers, [self.management]):
-            self.terminate(stage)
+        for stage in (ingest + writers, [self.management]):
+            failed = self.terminate(stage)
+            if failed:
+                # A writer that could not write everything says so and exits 1 (the
+                # senders were told which lines): so does the server.
+                log.error("%s did not stop cleanly", ", ".join(failed))
+                self.exit_code = self.exit_code or 1
         if self.listener is not None:
             _unlink(self.settings.ingest_socket)
         log.info("kamflat stopped")
 
     def terminate(self, children):
+        """SIGTERM `children`, reap them; the descriptions of those that exited non-zero."""
+        failed = []
         for child in children:
             if child.pid:
                 _kill(child.pid, signal.SIGTERM)
@@ -237,8 +247,11 @@ class Arbiter:
                 try:
                     pid, status = os.waitpid(child.pid, os.WNOHANG)
                 except ChildProcessError:
-                    pid = child.pid
+                    pid, status = child.pid, 0
                 if pid:
+                    if status:
+                        failed.append("%s (pid %d, %s)" % (child.desc, pid,
+                                                           _describe_status(status)))
                     child.pid = 0
                     break
                 if time.monotonic() > deadline:
@@ -246,17 +259,7 @@ class Arbiter:
                     _kill(child.pid, signal.SIGKILL)
                     deadline = time.monotonic() + STOP_TIMEOUT
                 time.sleep(0.01)
-
-
-def _stop_with_parent(master_pid):
-    """Have the kernel send this child SIGTERM if the master dies (even by SIGKILL), so
-    the child stops cleanly (writers flush) instead of living on without a master."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("cannot ask to stop with the master: %s", os.strerror(ctypes.get_errno()))
-    if os.getppid() != master_pid:     # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
+        return failed
 
 
 def _listen_unix(path):

@@ -4,19 +4,26 @@ It does no per-record work. It cuts each connection's stream at line ends into
 chunks (up to 64 KiB), numbers them by their first line, and hands each chunk to
 whichever writer can take it (round robin over the writers' data sockets). When
 every writer is full it stops reading from senders, so the kernel slows them down:
-backpressure, never a drop. Writers report each chunk back once it is written;
+backpressure, never a drop. Writers report each chunk back once it is in the OS;
 the reports carry the errors, which go back to the sender with their line numbers.
+The messages and the book of where each chunk is are kamflat.proto.link's; the
+senders and how many are taken at once, kamflat.server.senders.
+
+At a stop it takes what senders already sent, hands it over, tells every writer
+`stop` (no more chunks: write or give up within the grace), waits for the reports,
+tells each sender exactly which of its lines were written, and removes the ingest
+socket (so does the master; this covers a master killed with -9).
 """
 import collections
-import json
 import logging
 import os
 import selectors
-import signal
 import time
 
 from kamflat.proto import ingest as ingestwire
-from kamflat.server.writer import CHUNK_HEADER, MARKER
+from kamflat.proto import link
+from kamflat.server.child import ChildProcess
+from kamflat.server.senders import IDLE_TIMEOUT, MAX_CONNECTIONS, AcceptGate
 
 log = logging.getLogger("kamflat.server.ingest")
 
@@ -24,78 +31,52 @@ READ_SIZE = 1 << 16
 MAX_OUTPUT = 1 << 20      # error replies a sender has not read yet; past this, stop reading it
 STOP_GRACE = 10.0         # how long a stop waits for writers to report outstanding chunks
 STOP_READ_BUDGET = 1 << 22  # at a stop, bytes still read from each sender (what it had sent)
+FINAL_SEND_TIMEOUT = 5.0  # a stop's last answers (line errors included) to one sender
 
 
-class Sender:
-    """One connection on the ingest socket."""
-
-    def __init__(self, conn_id, sock):
-        self.id = conn_id
-        self.sock = sock
-        self.inbuf = b""
-        self.outbuf = bytearray()
-        self.next_line = 1
-        self.skipping = False     # inside a line that was too long, until its newline
-        self.eof = False
-        self.cut_off = False      # the server stopped reading it before its end
-        self.outstanding = 0      # chunks handed to writers and not yet reported
-        self.written = 0
-        self.errors = 0
-        self.done_sent = False
-
-    def lines_taken(self):
-        return self.next_line - 1
-
-    def error(self, line_no, message):
-        self.errors += 1
-        self.outbuf += ingestwire.encode_error(line_no, message)
-
-
-class Ingest:
-    def __init__(self, listener, writer_socks, state):
+class Ingest(ChildProcess, AcceptGate):
+    def __init__(self, listener, writer_socks, state, path=None, ident=None,
+                 grace=STOP_GRACE, max_connections=MAX_CONNECTIONS,
+                 idle_timeout=IDLE_TIMEOUT):
+        """path, ident: the ingest socket's path and (st_dev, st_ino), removed at a stop
+        if it is still that socket. grace: how long a stop waits for the writers."""
+        self.grace = grace
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.accepting = True
+        self.accept_again = None        # paused: when to try accept() again
+        self.exhausted_logged = False   # one log line per shortage, not per attempt
         self.listener = listener
+        self.path, self.ident = path, ident
         self.writers = list(writer_socks)
         self.state = state
         self.senders = {}                      # connection id -> Sender
         self.by_fd = {}                        # socket fd -> Sender
         self.queue = collections.deque()      # chunks waiting for a writer with room
-        # Per writer socket: chunks handed over and not yet taken (in order), and the one
-        # the writer holds. A writer takes one chunk at a time and says so, so after a
-        # writer died the lost lines are known exactly: the chunk it held, and a chunk it
-        # had read but not yet announced (found when its successor takes a later one, or
-        # reaches the marker sent when it said hello).
-        self.handed = {w.fileno(): collections.deque() for w in self.writers}
-        self.held = {}
+        self.ledger = link.Ledger([w.fileno() for w in self.writers])
         self.by_writer_fd = {w.fileno(): w for w in self.writers}
         self.next_writer = 0
         self.counter = 0
         self.stopping = False
         self.sel = selectors.DefaultSelector()
 
-    def handle_term(self, signum, frame):
-        self.stopping = True
-
     def run(self):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self.handle_term)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-        self.sel.register(wake_r, selectors.EVENT_READ, None)
+        self.init_signals()
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        self.setup()
+        while not self.stopping:
+            self.step(self.next_timeout())
+            self.drain_wakeup()
+        self.stop()
+        return 0
+
+    def setup(self):
+        """Listen and hear the writers (the loop's part of run())."""
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)
         for w in self.writers:
             w.setblocking(False)
             self.sel.register(w, selectors.EVENT_READ, self.on_report)
-        while not self.stopping:
-            self.step(None)
-            while True:       # the wake-up pipe only interrupts select; empty it
-                try:
-                    if not os.read(wake_r, 512):
-                        break
-                except BlockingIOError:
-                    break
-        self.stop()
-        return 0
 
     def step(self, timeout):
         for key, events in self.sel.select(timeout):
@@ -104,21 +85,19 @@ class Ingest:
             key.data(key.fileobj, events)
         self.dispatch()
         self.update_interest()
+        if self.accept_again is not None and time.monotonic() >= self.accept_again:
+            self.accept_again = None
+            self._set_accepting(True)
+        if self.idle_timeout and self.senders:
+            self.close_idle_senders()
+
+    def next_timeout(self):
+        due = [self.accept_again] if self.accept_again is not None else []
+        if self.senders:
+            due.append(time.monotonic() + 1.0)    # idle senders are looked at each second
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     # -- senders ------------------------------------------------------------
-    def on_accept(self, listener, events):
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            return
-        sock.setblocking(False)
-        self.counter += 1
-        sender = Sender((os.getpid() << 32) | self.counter, sock)
-        self.senders[sender.id] = sender
-        self.by_fd[sock.fileno()] = sender
-        self.sel.register(sock, selectors.EVENT_READ, self.on_sender)
-        self.state.add("ingest", "connections")
-
     def on_sender(self, sock, events):
         sender = self.by_fd[sock.fileno()]
         if events & selectors.EVENT_WRITE:
@@ -127,6 +106,7 @@ class Ingest:
             self.read_sender(sender)
 
     def read_sender(self, sender):
+        sender.active = time.monotonic()
         try:
             data = sender.sock.recv(READ_SIZE)
         except BlockingIOError:
@@ -167,18 +147,27 @@ class Ingest:
             sender.inbuf = b""
             sender.skipping = True
         if complete:
-            self.queue.append((sender, CHUNK_HEADER.pack(sender.id, sender.next_line) + complete))
+            self.queue.append((sender, link.chunk(sender.id, sender.next_line, complete)))
             sender.outstanding += 1
             sender.next_line += complete.count(b"\n")
         self.maybe_done(sender)
 
     def maybe_done(self, sender):
         if sender.eof and not sender.outstanding and not sender.inbuf and not sender.skipping:
-            if not sender.done_sent:
-                sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
-                                                        sender.errors, stopping=sender.cut_off)
-                sender.done_sent = True
+            self.compose_done(sender, sender.cut_off)
             self.flush_output(sender)
+
+    def compose_done(self, sender, stopping):
+        """The final answer, once."""
+        if sender.done_sent:
+            return
+        if sender.not_written:
+            log.error("ingest: %d lines from %s were not written (the writers could not "
+                      "write them before the stop); the sender was told which",
+                      sender.not_written, sender.describe())
+        sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
+                                                sender.errors, stopping=stopping)
+        sender.done_sent = True
 
     def flush_output(self, sender):
         while sender.outbuf:
@@ -201,6 +190,9 @@ class Ingest:
         except (KeyError, ValueError):
             pass
         sender.sock.close()
+        if not self.accepting:     # a descriptor is free again
+            self.accept_again = None
+            self._set_accepting(True)
 
     # -- writers ------------------------------------------------------------
     def dispatch(self):
@@ -222,14 +214,14 @@ class Ingest:
                     break
                 self.next_writer = (self.next_writer + attempt + 1) % len(self.writers)
                 self.queue.popleft()
-                self.handed[w.fileno()].append((sender, message))   # (sender, chunk)
+                self.ledger.hand(w.fileno(), link.chunk_key(message), (sender, message))
                 break
             else:
                 return      # every writer is full: wait until one has room
 
     def refuse_chunk(self, sender, message, reason):
-        _, first_line = CHUNK_HEADER.unpack_from(message)
-        count = message.count(b"\n", CHUNK_HEADER.size)   # the binary header may hold a 0x0A
+        _, first_line = link.chunk_key(message)
+        count = link.chunk_line_count(message)
         log.error("ingest: lines %d-%d: %s", first_line, first_line + count - 1, reason)
         for line_no in range(first_line, first_line + count):
             sender.error(line_no, reason)
@@ -241,54 +233,60 @@ class Ingest:
         if events & selectors.EVENT_READ:
             while True:
                 try:
-                    message = writer.recv(1 << 21)
+                    packet = writer.recv(1 << 21)
                 except BlockingIOError:
                     break
-                self.take_report(writer.fileno(), json.loads(message))
+                self.take_report(writer.fileno(), link.decode(packet))
 
-    def take_report(self, fd, report):
-        if "taken" in report:            # the writer took this chunk
-            self.held[fd] = self.take_handed(fd, CHUNK_HEADER.pack(*report["taken"]))
-            return
-        if "marker" in report:           # everything handed before the marker was taken
-            self.take_handed(fd, MARKER)
-            return
-        if "hello" in report:            # a (re)started writer: its predecessor's chunk is gone
-            lost = self.held.pop(fd, None)
-            if lost is not None:
-                self.lost(lost)
+    def take_report(self, fd, message):
+        kind = message.kind
+        if kind == "taken":              # the writer took this chunk
+            lost = self.ledger.take(fd, message.key)
+        elif kind == "reached":          # everything handed before the marker was taken
+            lost = self.ledger.reached(fd)
+        elif kind == "hello":            # a (re)started writer: its predecessor's chunks
+            lost = self.ledger.hello(fd)
+            if lost:
+                log.warning("ingest: writer %d restarted holding %d chunks not reported; "
+                            "their lines are refused to their senders", message.number,
+                            len(lost))
             try:
-                self.by_writer_fd[fd].send(MARKER)
+                self.by_writer_fd[fd].send(link.MARKER)
             except OSError:
-                return      # its queue is full: the next chunk it takes tells what was lost
-            self.handed[fd].append((None, MARKER))
-            return
-        self.held.pop(fd, None)
-        sender = self.senders.get(report["c"])
-        if sender is None:
+                pass        # its queue is full: the next chunk it takes tells what was lost
+            else:
+                self.ledger.hand(fd, link.MARKER_KEY, None)
+        elif kind == "report":
+            entry = self.ledger.report(fd, message.key)
+            if entry is not None:
+                self.reported(entry.item[0], message.body)
+            lost = []
+        else:
+            log.warning("ingest: unexpected %s message from a writer", kind)
+            lost = []
+        for entry in lost:
+            self.lost(entry.item)
+
+    def reported(self, sender, report):
+        if sender.id not in self.senders:
             return          # the sender went away; the records are written all the same
         sender.outstanding -= 1
-        sender.written += report["w"]
-        for line_no, message in report["e"]:
+        sender.written += report.written
+        for line_no, message in report.errors:
             sender.error(line_no, message)
-        sender.errors += report["x"] - len(report["e"])
+        sender.errors += report.error_count - len(report.errors)
+        for first, last in report.unwritten:
+            for line_no in range(first, last + 1):
+                sender.error(line_no, report.reason)
+        if report.unwritten:
+            count = report.unwritten_count()
+            sender.not_written += count
+            self.state.add("ingest", "errors", count)
         self.maybe_done(sender)
         self.flush_output(sender)
 
-    def take_handed(self, fd, header):
-        """The writer took the chunk starting with `header`: chunks handed before it and
-        never announced were read by a writer that died. Returns the entry (or None)."""
-        handed = self.handed[fd]
-        if not any(message.startswith(header) for _, message in handed):
-            return None     # handed over by an earlier ingest process
-        while True:
-            entry = handed.popleft()
-            if entry[1].startswith(header):
-                return entry
-            self.lost(entry)
-
-    def lost(self, entry):
-        sender, message = entry
+    def lost(self, item):
+        sender, message = item
         if sender is not None and sender.id in self.senders:
             self.refuse_chunk(sender, message, "the writer died while writing these lines; "
                                                "some of them may be in the file")
@@ -296,7 +294,10 @@ class Ingest:
     def update_interest(self):
         """Read senders only while chunks can move on; write to those with output."""
         room = not self.queue and not self.stopping   # a stop reads senders by itself
+        now = time.monotonic()
         for sender in list(self.senders.values()):
+            if not room:
+                sender.active = now     # not reading it is our doing, not its idleness
             events = 0
             if room and not sender.eof and len(sender.outbuf) < MAX_OUTPUT:
                 events |= selectors.EVENT_READ
@@ -324,43 +325,86 @@ class Ingest:
     # -- stopping -----------------------------------------------------------
     def stop(self):
         """Take what senders have already sent, see it written, tell them, close."""
-        self.sel.unregister(self.listener)
+        self._set_accepting(False)
+        self.stopping = True
         self.listener.close()
+        deadline = time.monotonic() + self.grace
         for sender in list(self.senders.values()):
-            budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
-            while not sender.eof and budget > 0:
-                try:
-                    data = sender.sock.recv(READ_SIZE)
-                except (BlockingIOError, OSError):
-                    break
-                budget -= len(data)
-                if data:
-                    self.take(sender, sender.inbuf + data)
-                else:
-                    self.end_of_stream(sender)
-                while self.queue:
-                    self.dispatch()
-                    if self.queue:
-                        self.step(0.05)
-            if not sender.eof:
-                # Lines after these are not taken: the sender learns where to resume.
-                sender.cut_off = sender.eof = True
-                sender.inbuf = b""
-                sender.skipping = False
-                self.maybe_done(sender)
-        deadline = time.monotonic() + STOP_GRACE
-        while (self.queue or any(s.outstanding for s in self.senders.values())) \
-                and time.monotonic() < deadline:
+            self.read_at_stop(sender, deadline)
+        told = set()     # writers told `stop`, after their last chunk
+        while time.monotonic() < deadline:
+            if not self.queue:
+                self.tell_stop(told)
+            if not (self.queue or any(s.outstanding for s in self.senders.values())):
+                break
             self.step(0.05)
+        self.remove_socket()
+        self.give_up()
         for sender in list(self.senders.values()):
-            if not sender.done_sent:    # writers did not report in time
-                sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
-                                                        sender.errors, stopping=True)
-                sender.done_sent = True
-            sender.sock.setblocking(True)
-            sender.sock.settimeout(1.0)
+            # give_up settled every chunk: the answer adds up (stopping: cut off, or its
+            # lines were not all taken to the end)
+            self.compose_done(sender, sender.cut_off or not sender.eof)
+            sender.sock.settimeout(FINAL_SEND_TIMEOUT)
             try:
                 sender.sock.sendall(sender.outbuf)
             except OSError:
                 pass
             sender.sock.close()
+
+    def read_at_stop(self, sender, deadline):
+        budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
+        while not sender.eof and budget > 0 and time.monotonic() < deadline:
+            try:
+                data = sender.sock.recv(READ_SIZE)
+            except (BlockingIOError, OSError):
+                break
+            budget -= len(data)
+            if data:
+                self.take(sender, sender.inbuf + data)
+            else:
+                self.end_of_stream(sender)
+            while self.queue and time.monotonic() < deadline:
+                self.dispatch()
+                if self.queue:
+                    self.step(0.05)
+        if not sender.eof:
+            # Lines after these are not taken: the sender learns where to resume.
+            sender.cut_off = sender.eof = True
+            sender.inbuf = b""
+            sender.skipping = False
+            self.maybe_done(sender)
+
+    def give_up(self):
+        """The stop's grace is over: refuse, by line, what no writer reported, so every
+        sender's answer still adds up (written + refused = lines taken)."""
+        while self.queue:
+            sender, message = self.queue.popleft()
+            self.refuse_chunk(sender, message, "not written: the server stopped before a "
+                                               "writer took these lines")
+        for fd in self.ledger.handed:
+            for entry in self.ledger.abandon(fd):
+                if entry.item[0].id in self.senders:
+                    self.refuse_chunk(*entry.item, "the server stopped before the writer "
+                                      "reported these lines; some of them may be in the file")
+
+    def tell_stop(self, told):
+        for w in self.writers:
+            if w.fileno() not in told:
+                try:
+                    w.send(link.STOP)
+                except BlockingIOError:
+                    continue     # its queue is full: again on the next turn
+                except OSError:
+                    pass         # the writer is gone: nobody to tell
+                told.add(w.fileno())
+
+    def remove_socket(self):
+        """Remove the ingest socket if it is still ours (not one a new server made)."""
+        if self.path is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self.ident:
+                os.unlink(self.path)
+        except OSError:
+            pass

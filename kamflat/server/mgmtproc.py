@@ -7,8 +7,9 @@ therefore never holds up another transport.
 """
 import logging
 import os
-import signal
 import threading
+
+from kamflat.server.child import ChildProcess
 
 log = logging.getLogger("kamflat.management")
 
@@ -44,8 +45,9 @@ def build_servers(model, management):
 def run(settings, management, ready_fd):
     """The management process's main: serve the configured transports until SIGTERM."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    process = ChildProcess()
+    process.on_term = stop.set
+    process.init_signals(wakeup=False)   # the main thread waits on `stop`, not select()
     try:
         servers = build_servers(settings.model, management)
     except Exception as exc:   # any reason a transport cannot start stops the server

@@ -12,6 +12,8 @@ import selectors
 import threading
 import time
 
+from kamflat.proto import link
+
 
 class Rotator:
     def __init__(self, counter, control_socks, timeout, statistics):
@@ -33,7 +35,7 @@ class Rotator:
             for rank, sock in sorted(self.socks.items()):
                 _discard_stale(sock)
                 try:
-                    sock.send(b"rotate %d" % generation)
+                    sock.send(link.encode(link.Message("rotate", generation)))
                 except OSError as exc:
                     errors.append("writer %d: %s" % (rank, exc))
                 else:
@@ -54,15 +56,13 @@ class Rotator:
                 if left <= 0:
                     break
                 for key, _ in sel.select(left):
-                    answer = key.fileobj.recv(4096).decode(errors="replace")
-                    verb, _, rest = answer.partition(" ")
-                    number, _, reason = rest.partition(" ")
-                    if number != str(generation):
+                    answer = link.decode(key.fileobj.recv(4096))
+                    if answer.number != generation:
                         continue        # an answer to an earlier rotation that timed out
                     rank = waiting.pop(key.fileobj)
                     sel.unregister(key.fileobj)
-                    if verb != "rotated":
-                        errors.append("writer %d: %s" % (rank, reason))
+                    if answer.kind != "rotated":
+                        errors.append("writer %d: %s" % (rank, answer.body))
         for rank in sorted(waiting.values()):
             errors.append("writer %d did not close its files within %d ms"
                           % (rank, self.timeout * 1000))

@@ -27,7 +27,9 @@ _VALUES = _BASES + MAX_COUNTERS * 8
 _PROCS = _VALUES + MAX_PROCS * MAX_COUNTERS * 8
 _PROC = struct.Struct("qq%ds" % DESC_LEN)  # pid, rank, description
 _CORE = _PROCS + MAX_PROCS * _PROC.size    # core values: debug, debug given
-_SIZE = _CORE + 2 * 8
+_JOURNAL = _CORE + 2 * 8                   # per proc: the write in flight (see journal())
+JOURNAL_WORDS = 5     # flatstore.connection.JOURNAL_WORDS
+_SIZE = _JOURNAL + MAX_PROCS * JOURNAL_WORDS * 8
 
 
 class SharedState:
@@ -53,6 +55,15 @@ class SharedState:
         if i is None:
             i = self._counter(group, name)
         self._words[(_VALUES // 8) + self.slot * MAX_COUNTERS + i] += n
+
+    def cell(self, group, name):
+        """This process's value of a counter as a one-item memoryview: a process that
+        counts on a hot path adds to it directly (cell[0] += n), as add() would."""
+        i = self._index.get((group, name))
+        if i is None:
+            i = self._counter(group, name)
+        start = (_VALUES // 8) + self.slot * MAX_COUNTERS + i
+        return self._words[start:start + 1]
 
     def snapshot(self):
         stats = []
@@ -92,6 +103,14 @@ class SharedState:
                 self._words[_COUNT] = i + 1
         self._index[key] = i
         return i
+
+    def journal(self):
+        """This process's write journal (JOURNAL_WORDS words): a writer notes each write
+        before making it, so the writer restarted in its slot after a kill -9 can count
+        a write whose statistic its predecessor did not live to add (flatstore's
+        FlatConnection `journal`)."""
+        start = _JOURNAL // 8 + self.slot * JOURNAL_WORDS
+        return self._words[start:start + JOURNAL_WORDS]
 
     # -- process table ------------------------------------------------------
     def set_process(self, idx, pid, rank, desc):

@@ -28,6 +28,9 @@ class Settings:
         self.encode_delimiter = model.encode_delimiter
         self.encode_newlines = model.encode_newlines
         self.rotate_timeout = model.rotate_timeout
+        self.stop_grace = model.stop_grace
+        self.ingest_max_connections = model.ingest_max_connections
+        self.ingest_idle_timeout = model.ingest_idle_timeout
         self.ingest_socket = model.ingest_socket.path if model.ingest_socket else None
         self.listen = [entry.spec for entry in model.listen]
         # Built once here; every writer gets a copy at fork.
