@@ -64,9 +64,11 @@ def make_files(directory, records, files=4, cps=200.0, seed=1, suffix="", edge=T
 
 
 def timed(command, **kw):
-    """Seconds one command took and its output size in bytes."""
+    """Seconds one command took, and its output. It runs in /tmp: `python -m` would
+    import a kamflat from the current directory first."""
     start = time.perf_counter()
-    out = subprocess.run(command, stdout=subprocess.PIPE, check=True, **kw).stdout
+    out = subprocess.run(command, stdout=subprocess.PIPE, check=True, cwd="/tmp",
+                         **kw).stdout
     return time.perf_counter() - start, out
 
 
@@ -104,7 +106,7 @@ def bench_cat(directory, records, rotated):
 def bench_follow(directory, seconds):
     """A writer appends as fast as it can for `seconds` while `kamflat follow` prints."""
     follow = subprocess.Popen(kamflat_command("follow", "--dir", directory, "--new", "acc"),
-                              stdout=subprocess.PIPE, env=env())
+                              stdout=subprocess.PIPE, env=env(), cwd="/tmp")
     seen = [0]
 
     def count():

@@ -251,3 +251,17 @@ def test_the_receive_loop_survives_icmp_errors_and_wakes_one_waiter():
     assert taken == 1 and [table for table, _ in written] == ["acc"]
     if getattr(select, "EPOLLEXCLUSIVE", 0):
         assert isinstance(sipnet.selector(), sipnet.ExclusiveSelector)
+
+
+def test_counters_survive_many_methods():
+    """Counts are kept per method plan (a bounded memo): a client sending more methods
+    than the memo holds loses none."""
+    handler = reference_handler()
+    invite = dict((n, d) for n, d, _ in sent_requests())["sl_invite_basic"]
+    for i in range(1200):
+        handler.handle(invite.replace(b"INVITE ", b"M%d " % i, 1), ("127.0.0.1", 5))
+    handler.handle(invite, ("127.0.0.1", 5))
+    counters = handler.take_counters()
+    assert counters["core:rcv_requests"] == 1201
+    assert counters["sl:404_replies"] == 1200 and counters["kamflat:acc_records"] == 1
+    assert handler.take_counters() == {}

@@ -3,6 +3,7 @@ import gzip
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from kamflat.acc import pv
 from kamflat.flatstore import reader
@@ -196,3 +197,42 @@ def test_folded_record_across_a_read_chunk_boundary_stays_whole(tmp_path):
 def test_torn_last_line_is_still_returned(tmp_path):
     (tmp_path / "acc_129.log").write_bytes(b"a|1\nINVITE|lt139323||f")
     assert [r.raw for r in reader.read_table(tmp_path, "acc")] == [b"a|1", b"INVITE|lt139323||f"]
+
+
+def _heapq_order(directory, table, time_index):
+    """The order read_table promises: heapq.merge over (time key, file, line) of every
+    record, a record without a number in its time column taking its predecessor's key."""
+    import heapq
+    files = reader.list_table_files(directory, table)
+
+    def keyed(order, f):
+        key = 0
+        for line, record in enumerate(reader.read_table_file(directory, f)):
+            key = reader.time_key(record.raw, time_index, key)
+            yield key, order, line, record
+    return [r for *_, r in heapq.merge(*(keyed(i, f) for i, f in enumerate(files)))]
+
+
+_TIMES = st.one_of(st.integers(0, 6).map(str), st.sampled_from(["x", "", " 3", "9_9"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(_TIMES, st.booleans()), max_size=40), min_size=1,
+                max_size=4),
+       st.sampled_from([1 << 20, 64, 7]))
+def test_merge_runs_keep_heapq_merge_order(tmp_path_factory, files, read_size):
+    """Files in and out of time order, ties, bad times, short and folded records, read in
+    small chunks too: the runs read_table_chunks gives are heapq.merge's order."""
+    directory = tmp_path_factory.mktemp("merge")
+    for n, records in enumerate(files):
+        lines = [b"INVITE|f%d|%d|%s%s|r" % (n, i, t.encode(), b"\r\n x" if fold else b"")
+                 if t != "" else b"short" for i, (t, fold) in enumerate(records)]
+        (directory / ("acc_%d.log" % (129 + n))).write_bytes(b"".join(l + b"\n" for l in lines))
+    old = reader.READ_SIZE
+    reader.READ_SIZE = read_size
+    try:
+        got = list(reader.read_table(directory, "acc", time_index=3))
+        want = _heapq_order(directory, "acc", 3)
+    finally:
+        reader.READ_SIZE = old
+    assert got == want

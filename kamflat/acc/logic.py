@@ -122,9 +122,10 @@ class AccHandler:
 
     def _plan(self, sent):
         """What is done with a request whose method is `sent` (as sent; decisions go by
-        its uppercase): (code, code as text, reason, is ACK, accounted, table, counters on receipt,
-        counters on a record). Memoised: one dict look-up per request instead of a dozen
-        decisions."""
+        its uppercase): (code, code as text, reason, is ACK, accounted, table, [count,
+        counter names] on receipt, [count, counter names] on a record). Memoised: one dict
+        look-up per request instead of a dozen decisions, and one count per request that
+        take_counters() spreads over the counter names."""
         method = sent.upper()
         code, reason = self.reply_for(method)
         received = ["core:rcv_requests"]
@@ -139,16 +140,30 @@ class AccHandler:
             table = self.table_missed
             recorded.insert(0, "kamflat:acc_missed")
         plan = (code, str(code), reason, method == "ACK", method in self.acc_methods, table,
-                tuple(received), tuple(recorded))
-        if len(self._plans) < 1000:          # methods are what clients send: bounded
-            self._plans[sent] = plan
+                [0, tuple(received)], [0, tuple(recorded)])
+        if len(self._plans) >= 1000:         # methods are what clients send: bounded
+            self._fold_counts()
+            self._plans.clear()
+        self._plans[sent] = plan
         return plan
+
+    def _fold_counts(self):
+        """Add the per-plan counts to the counters (and zero them)."""
+        counters = self.counters
+        for plan in self._plans.values():
+            for cell in plan[6:]:
+                n = cell[0]
+                if n:
+                    cell[0] = 0
+                    for name in cell[1]:
+                        counters[name] = counters.get(name, 0) + n
 
     def _count(self, name, n=1):
         self.counters[name] = self.counters.get(name, 0) + n
 
     def take_counters(self):
         """The counters since the last call, and reset them (for shared statistics)."""
+        self._fold_counts()
         counters, self.counters = self.counters, {}
         return counters
 
@@ -163,9 +178,7 @@ class AccHandler:
         if plan is None:
             plan = self._plan(request.method)
         code, code_text, reason, is_ack, accounted, table, received, recorded = plan
-        counters = self.counters
-        for name in received:
-            counters[name] = counters.get(name, 0) + 1
+        received[0] += 1
         if is_ack:
             reply = reply_to = None
         else:
@@ -183,8 +196,7 @@ class AccHandler:
                   request.call_id or None, code_text, reason, int(self.clock())]
         if self._extra_eval:
             values += [ev(request, source) for ev in self._extra_eval]
-        for name in recorded:
-            counters[name] = counters.get(name, 0) + 1
+        recorded[0] += 1
         return Outcome(reply, [(table, values)], reply_to)
 
     def _dropped(self, e):

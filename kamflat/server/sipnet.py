@@ -124,14 +124,15 @@ def drain(sock, handler, write, on_reason=None, on_send_error=None, budget=64):
             raise
         taken += 1
         outcome = handler.handle(data, source)
+        reply, records = outcome
         # As Kamailio: the record is written before the reply goes out, so a client
         # that reads the acc file after its reply finds it (flush=1).
-        written = write(outcome.records) if outcome.records else True
+        written = write(records) if records else True
         if outcome.reason and on_reason:
             on_reason(outcome.reason, source)
-        if outcome.reply is not None:
+        if reply is not None:
             try:
-                sock.sendto(outcome.reply, outcome.reply_to)
+                sock.sendto(reply, outcome.reply_to)
             except OSError as e:
                 if on_send_error:
                     on_send_error(e, outcome.reply_to)
