@@ -104,7 +104,8 @@ def _exchange(sock, blocks, timeout, on_error):
                         n = sock.send(pending)
                     except BlockingIOError:
                         break
-                    except BrokenPipeError:
+                    except (BrokenPipeError, ConnectionResetError):
+                        # the server stopped reading us (a stop): its answers still come
                         writing = False
                         sel.modify(sock, selectors.EVENT_READ)
                         break

@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import selectors
+import socket
 import time
 
 from kamflat.proto import ingest as ingestwire
@@ -99,7 +100,9 @@ class Ingest(ChildProcess, AcceptGate):
 
     # -- senders ------------------------------------------------------------
     def on_sender(self, sock, events):
-        sender = self.by_fd[sock.fileno()]
+        sender = self.by_fd.get(sock.fileno())
+        if sender is None:
+            return      # dropped earlier in this same turn of select()
         if events & selectors.EVENT_WRITE:
             self.flush_output(sender)
         if events & selectors.EVENT_READ and sender.id in self.senders:
@@ -175,7 +178,8 @@ class Ingest(ChildProcess, AcceptGate):
                 n = sender.sock.send(sender.outbuf)
             except BlockingIOError:
                 return
-            except OSError:
+            except OSError as exc:
+                log.info("ingest: could not answer %s: %s", sender.describe(), exc)
                 sender.outbuf.clear()
                 break
             del sender.outbuf[:n]
@@ -189,7 +193,7 @@ class Ingest(ChildProcess, AcceptGate):
             self.sel.unregister(sender.sock)
         except (KeyError, ValueError):
             pass
-        sender.sock.close()
+        close_quietly(sender.sock)
         if not self.accepting:     # a descriptor is free again
             self.accept_again = None
             self._set_accepting(True)
@@ -347,9 +351,10 @@ class Ingest(ChildProcess, AcceptGate):
             sender.sock.settimeout(FINAL_SEND_TIMEOUT)
             try:
                 sender.sock.sendall(sender.outbuf)
-            except OSError:
-                pass
-            sender.sock.close()
+            except OSError as exc:
+                log.warning("ingest: could not give %s its last answers: %s",
+                            sender.describe(), exc)
+            close_quietly(sender.sock)
 
     def read_at_stop(self, sender, deadline):
         budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
@@ -408,3 +413,17 @@ class Ingest(ChildProcess, AcceptGate):
                 os.unlink(self.path)
         except OSError:
             pass
+
+
+def close_quietly(sock):
+    """Close a sender that may still be sending: refuse its further bytes (it gets EPIPE)
+    and drop those already here first, as closing with unread bytes would reset the
+    connection, and the sender could lose the answers it has not read yet."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+        sock.setblocking(False)
+        while sock.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+    sock.close()
