@@ -72,8 +72,9 @@ def test_config_error_starts_nothing(tmp_path):
 
 @pytest.mark.parametrize("flush", [1, 0])
 def test_load_with_rotations_then_sigterm_loses_nothing(tmp_path, flush):
-    """200,000 records through `kamflat send` while 20 mv + flat_rotate cycles run."""
-    total = 200_000
+    """100,000 records through `kamflat send` while 20 mv + flat_rotate cycles run
+    (benchmarks/bench_faults.py runs rotations under load at a larger scale)."""
+    total = 100_000
     data = tmp_path / "records.jsonl"
     data.write_text("".join(acc_line(i) + "\n" for i in range(total)))
     server = Server(tmp_path, children=2, flush=flush).start()

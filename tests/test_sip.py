@@ -131,7 +131,7 @@ def _outcome(fn, value):
         return "error"
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(_ADDR_CHARS, max_size=25).map("".join),
        st.sampled_from(["", '"D" ', "D x ", "<sip:u@h>", "<sip:a@b.c:5>;tag=", "sip:u@h",
                         "<", '"x"<', "A <sip:"]))
