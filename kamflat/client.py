@@ -16,6 +16,7 @@ some lines answers each with "not written: ...".
 import json
 import selectors
 import socket
+import time
 from dataclasses import dataclass, field
 
 
@@ -68,14 +69,28 @@ def send_bytes(path, blocks, timeout=60.0, on_error=None):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise ServerUnreachable("cannot connect to the ingest socket %s: %s" % (path, exc.strerror))
+        _connect(sock, path, time.monotonic() + timeout)
         sock.setblocking(False)
         return _exchange(sock, iter(blocks), timeout, on_error)
     finally:
         sock.close()
+
+
+def _connect(sock, path, deadline):
+    """Connect, waiting while the server's listen backlog is full (EAGAIN: it is busy, not
+    gone, as a blocking connect would wait) until `deadline`."""
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError as exc:
+            if time.monotonic() >= deadline:
+                raise ServerUnreachable("cannot connect to the ingest socket %s: %s (its backlog "
+                                        "stayed full)" % (path, exc.strerror)) from None
+            time.sleep(0.01)
+        except OSError as exc:
+            raise ServerUnreachable("cannot connect to the ingest socket %s: %s"
+                                    % (path, exc.strerror)) from None
 
 
 def _exchange(sock, blocks, timeout, on_error):
