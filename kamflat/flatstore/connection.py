@@ -190,31 +190,9 @@ class _TableFile:
                     raise OSError(28, os.strerror(28))  # ENOSPC: no progress
             except OSError as error:
                 failure = self.failed(error)
-                failure.records_written = self._cut_torn_record(written, records)
+                failure.records_written = integrity.cut_short_write(self.fd, written, records)
                 raise failure from None
             written += count
-
-    def _cut_torn_record(self, written, records):
-        """`records` are the encoded records `data` was joined from (their sizes are
-        only needed here, after a short write, so they are not counted beforehand)."""
-        whole = count = 0
-        for record in records:
-            size = len(record)
-            if whole + size > written:
-                break
-            whole += size
-            count += 1
-        torn = written - whole
-        if torn:
-            # O_APPEND leaves the offset at the end of our write; truncate only if nobody
-            # appended after it (a file shared by several processes), else it stays torn.
-            try:
-                end = os.lseek(self.fd, 0, os.SEEK_CUR)
-                if os.fstat(self.fd).st_size == end:
-                    os.ftruncate(self.fd, end - torn)
-            except OSError:
-                pass  # the write error being raised says more than this one
-        return count
 
     def write(self, data, records):
         fd = self.fd if self.fd is not None else self.open()

@@ -48,6 +48,31 @@ def cut_torn_tail(fd, path):
     return size - end
 
 
+def cut_short_write(fd, written, records):
+    """After a write of the joined `records` that stopped at `written` bytes and could not
+    be finished: cut the torn record at the end of the file again, so the file ends at a
+    record boundary. Returns how many whole records reached the file. (The records' sizes
+    are only needed here, after a short write, so the hot path does not count them.)"""
+    whole = count = 0
+    for record in records:
+        size = len(record)
+        if whole + size > written:
+            break
+        whole += size
+        count += 1
+    torn = written - whole
+    if torn:
+        # O_APPEND leaves the offset at the end of our write; truncate only if nobody
+        # appended after it (a file shared by several processes), else it stays torn.
+        try:
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size == end:
+                os.ftruncate(fd, end - torn)
+        except OSError:
+            pass  # the write error being raised says more than this one
+    return count
+
+
 def count_journaled(fd, journal, cell):
     """The journal's write went to the file open as `fd` (after its tail was cut): bring
     the written statistic `cell` up to what reached it."""

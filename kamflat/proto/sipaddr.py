@@ -70,6 +70,8 @@ _new_name_addr = tuple.__new__     # NameAddr(...) without the Python-level __ne
 
 
 def _parse_name_addr_slow(value):
+    """parse_addr_spec()'s state machine (parser/parse_addr_spec.c), transition by
+    transition: display name, URI, then the parameters (_parse_params)."""
     buf = value + "\r\n"          # the parser sees the line end that follows the body
     end = len(buf)
     status = saved = START_TO
@@ -201,7 +203,8 @@ def _parse_name_addr_slow(value):
 
 
 def _parse_params(buf, i, value):
-    """parse_to_param(): the ;name=value list after a name-addr. Returns (i, status, tag)."""
+    """parse_to_param() of parser/parse_addr_spec.c, transliterated: the ;name=value
+    list after a name-addr. Returns (i, status, tag)."""
     end = len(buf)
     status = saved = E_PARA_VALUE
     tag = ""

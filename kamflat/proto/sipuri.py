@@ -74,7 +74,7 @@ parse_uri = memoised(_parse_uri)
 
 
 def _parse_uri_slow(uri):
-    """parse_uri()'s state machine. All URI parameters are one state here: Kamailio's
+    """parse_uri()'s state machine (parser/parse_uri.c), transliterated. All URI parameters are one state here: Kamailio's
     per-parameter states only record transport/lr/... and share the same transitions
     for '@', ';', '?' and ':'."""
     def fail(why):
