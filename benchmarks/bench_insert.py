@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 import kamflat  # noqa: E402  (after the path set-up, to use this checkout)
 from kamflat.flatstore.connection import RotationCounter  # noqa: E402
 
+# The recorded copy in this checkout, else the shared one beside the repository.
 FLATLOOP_CANDIDATES = [
+    Path(__file__).resolve().parent / "flatloop.c",
     REPO.parent / "shared" / "bench" / "flatloop.c",
-    Path("/work/shared/bench/flatloop.c"),
-    Path(__file__).resolve().parent / "flatloop.c",   # recorded copy for a clean clone
 ]
 
 
@@ -129,8 +129,7 @@ def main(argv=None):
     parser.add_argument("--records", type=int, default=200000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--flatloop", type=Path, help="flatloop.c (default: "
-                        "../shared/bench/flatloop.c next to the repo, then "
-                        "/work/shared/bench/flatloop.c, then benchmarks/flatloop.c)")
+                        "benchmarks/flatloop.c)")
     args = parser.parse_args(argv)
     source = args.flatloop or next(p for p in FLATLOOP_CANDIDATES if p.exists())
     workdir = tempfile.mkdtemp(prefix="kamflat-bench-")
