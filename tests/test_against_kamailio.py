@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import DATA, wait_until
+from conftest import free_udp_port, DATA, wait_until
 from test_acc_sip import kamflat_udp, reference_handler
 
 KAMAILIO = "/usr/sbin/kamailio"
@@ -137,12 +137,6 @@ def without_time(recs):
         fields[6] = b"TIME"
         out.append(b"|".join(fields))
     return sorted(out)
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kamailio_config(tmp_path, port):

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import free_udp_port
+
 from test_jsonrpc_fifo import hang_rotation, make_management
 from kamflat.proto import binrpc
 from kamflat.server.ctl import CtlServer, parse_address
@@ -296,13 +298,6 @@ request_route {{
     sl_send_reply("200", "OK");
 }}
 """
-
-
-def free_udp_port():
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

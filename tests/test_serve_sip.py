@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_udp_port, wait_until
 from serverutil import Server, statistic
 from test_acc_sip import ACC_SIP, RELAYED, acc_file_records, normalized, sent_requests
 
@@ -13,12 +13,6 @@ REFERENCE = '''modparam("acc", "db_extra", "src_user=$fU;src_domain=$fd;dst_ouse
 modparam("kamflat", "sip_reply", "OTHER=404 Not here")
 listen=udp:127.0.0.1:{port}
 '''
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ask(sock, data, port):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import DATA, REPO, kamflat_argv, kamflat_env, run_kamflat, wait_until
+from conftest import free_udp_port, DATA, REPO, kamflat_argv, kamflat_env, run_kamflat, wait_until
 
 KAMAILIO_FILES = DATA / "reader"   # acc files Kamailio 5.6.3 wrote (db_extra: 3 columns)
 
@@ -248,14 +248,6 @@ def test_systemd_unit_runs_serve_in_the_foreground_and_verifies_clean():
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stderr == "", result.stderr
-
-
-def free_udp_port():
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 SIP_INVITE = ("INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
