@@ -81,7 +81,9 @@ def stop_server(server):
 
 def main(page, results_path):
     # The examples' `kamflat` is the one installed beside this Python (tox's, a venv's).
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    # The Debian peers (kamctl, kamcmd, logrotate) are in the sbin directories.
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"],
+                                          "/usr/local/sbin", "/usr/sbin", "/sbin"])
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.makedirs(SAMPLE_DIR, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", SAMPLE_DIR], check=True)
