@@ -12,7 +12,6 @@ import time
 import pytest
 
 from kamflat.flatstore.connection import connect
-from kamflat.flatstore.generation import RotationCounter
 from kamflat.proto import link
 from kamflat.server.ingest import Ingest
 from kamflat.server.rotation import Rotator
@@ -117,8 +116,7 @@ def test_a_stop_that_cannot_write_reports_every_line_not_written(tmp_path):
 
 def test_a_late_rotation_answer_is_not_taken_for_the_next_rotation(tmp_path):
     rig = Link(tmp_path)
-    counter = RotationCounter()
-    rotator = Rotator(counter, {1: rig.control}, 0.05, rig.state)
+    rotator = Rotator({1: rig.control}, 0.05, rig.state)
     assert rotator.rotate() == ["writer 1 did not close its files within 50 ms"]
     rig.writer.on_control()                   # answers rotation 1, too late
     answering = threading.Thread(target=lambda: (wait_readable(rig.writer_control),
@@ -129,7 +127,7 @@ def test_a_late_rotation_answer_is_not_taken_for_the_next_rotation(tmp_path):
         assert rotator.rotate() == []         # rotation 2's own answer, not 1's
     finally:
         answering.join(10)
-    assert counter.value == 2
+    assert rotator.generation == 2
 
 
 def wait_readable(sock, timeout=5.0):

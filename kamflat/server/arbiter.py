@@ -2,8 +2,8 @@
 restarts what dies, and stops everything in an order that loses nothing.
 
 Everything the children share is made here before the first fork: the shared
-statistics and process table, the rotation counter, the writers' data and control
-socket pairs, the ingest socket and the SIP sockets. A restarted child inherits
+statistics and process table, the writers' data and control socket pairs, the
+ingest socket and the SIP sockets. A restarted child inherits
 the same objects, so a writer that comes back has the same rank, the same files
 and the same sockets.
 
@@ -64,7 +64,6 @@ class Arbiter:
         for group, name in startup_statistics(s.model):   # listed at 0 from the start
             self.state.register(group, name)
         self.state.set_process(0, os.getpid(), 0, "attendant")
-        self.rotation = flatstore.RotationCounter()
         self.udp_socks = s.open_sip_sockets()
         self.listener = None
         if s.ingest_socket:
@@ -92,7 +91,7 @@ class Arbiter:
             s = self.settings
             conn = flatstore.connect(
                 s.db_url, rank=rank, flush=s.flush, encode_delimiter=s.encode_delimiter,
-                encode_newlines=s.encode_newlines, rotation=self.rotation,
+                encode_newlines=s.encode_newlines,
                 written_cell=lambda table: self.state.cell("flatstore", table + "_written"),
                 journal=self.state.journal())
             return Writer(rank, conn, self.state, grace=s.stop_grace, control_sock=control_sock,
@@ -115,7 +114,7 @@ class Arbiter:
             from kamflat.server import mgmtproc
             from kamflat.mgmt.manage import Management
             from kamflat.server.rotation import Rotator
-            rotator = Rotator(self.rotation, control_socks, self.settings.rotate_timeout,
+            rotator = Rotator(control_socks, self.settings.rotate_timeout,
                               self.state)
             master = os.getppid()
             management = Management(

@@ -1,12 +1,13 @@
-"""Synchronous rotation: advance the generation, wait until every writer closed its files.
+"""Synchronous rotation: tell every writer to close its files, wait until each has.
 
 Kamailio's flat_rotate only stores a timestamp; each process reopens on its next
 record, so an idle process keeps the renamed file open indefinitely and the reply
-says nothing about when the renamed files are complete. kamflat advances a shared
-generation counter (two rotations in one second both count) and then asks every
-writer, on its control socket, to close its files now; the reply comes only when
-all have answered, or when the time limit has run out, in which case the reply
-names the writers that did not answer.
+says nothing about when the renamed files are complete. kamflat says a rotation once,
+as the `rotate N` message of kamflat.proto.link on each writer's control socket
+(N numbers the rotations, so two in one second both count and a late answer is not
+taken for the next rotation's); the reply comes only when all have answered, or when
+the time limit has run out, in which case the reply names the writers that did not
+answer. (A RotationCounter is for programs using kamflat.flatstore directly.)
 """
 import selectors
 import threading
@@ -16,9 +17,9 @@ from kamflat.proto import link
 
 
 class Rotator:
-    def __init__(self, counter, control_socks, timeout, statistics):
+    def __init__(self, control_socks, timeout, statistics):
         """control_socks: {rank: socket}, the management ends of the writers' control pairs."""
-        self.counter = counter
+        self.generation = 0      # the rotations asked for so far
         self.socks = dict(control_socks)
         self.timeout = timeout
         self.statistics = statistics
@@ -28,7 +29,8 @@ class Rotator:
 
     def rotate(self):
         with self.lock:
-            generation = self.counter.advance()
+            self.generation += 1
+            generation = self.generation
             self.statistics.add("flatstore", "rotations")
             errors = []
             waiting = {}
