@@ -205,3 +205,51 @@ def test_a_report_that_never_comes_is_refused_at_the_end_of_the_stop(ingest_rig)
     assert [a["line"] for a in answers[:-1]] == [1, 2, 3]
     assert all("before the writer reported" in a["error"] for a in answers[:-1])
     assert answers[-1] == {"stopping": True, "lines": 3, "written": 0, "errors": 3}
+
+
+def test_a_sender_that_ended_before_a_stop_is_answered_done(ingest_rig):
+    """The stop reads the sender's lines and its end itself; the turns of select() that
+    follow still see the socket readable and must not read it again."""
+    rig, ingest, sender = ingest_rig
+    ingest.grace = 0.3
+    sender.sock.sendall(payload("a", 3))
+    sender.sock.shutdown(socket.SHUT_WR)
+    ingest.stopping = True
+    ingest.stop()                                    # the writer never reports
+    sender.sock.settimeout(2)
+    answers = [json.loads(line) for line in sender.sock.makefile("rb")]
+    assert [a["line"] for a in answers[:-1]] == [1, 2, 3]
+    assert answers[-1] == {"done": True, "lines": 3, "written": 0, "errors": 3}
+
+
+# A sender's life through the table of kamflat.server.senders: events -> the state they
+# end in and whether the final answer says `stopping`; None where an event does not apply.
+SENDER_LIVES = [
+    (["eof", "settled"], "done", False),
+    (["long_line", "newline", "eof", "settled"], "done", False),
+    (["long_line", "eof", "settled"], "done", False),      # the long line was the last
+    (["cut", "settled"], "done", True),                    # a stop ended its reading
+    (["long_line", "cut", "stop"], "done", True),
+    (["stop"], "done", True),                              # a stop's grace ran out
+    (["eof", "stop"], "done", False),                      # it had ended by itself
+    (["eof", "long_line"], None, None),                    # nothing is read after the end
+    (["newline"], None, None),
+    (["eof", "settled", "stop"], None, None),              # one final answer
+]
+
+
+@pytest.mark.parametrize("events, state, stopping", SENDER_LIVES)
+def test_a_senders_life_follows_the_state_table(events, state, stopping):
+    from kamflat.server.senders import Sender as IngestSender
+    a, b = socket.socketpair()
+    with a, b:
+        sender = IngestSender(1, a)
+        if state is None:
+            with pytest.raises(RuntimeError, match="cannot take"):
+                for event in events:
+                    sender.goto(event)
+            return
+        for event in events[:-1]:
+            sender.goto(event)
+        assert sender.stopping == stopping           # what the final answer says
+        assert sender.goto(events[-1]) == state and not sender.reading

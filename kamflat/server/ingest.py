@@ -105,7 +105,9 @@ class Ingest(ChildProcess, AcceptGate):
             return      # dropped earlier in this same turn of select()
         if events & selectors.EVENT_WRITE:
             self.flush_output(sender)
-        if events & selectors.EVENT_READ and sender.id in self.senders:
+        # Read only in a reading state: a stop's turns of select() can still report a
+        # sender whose end was read a moment ago (its interest changes after them).
+        if events & selectors.EVENT_READ and sender.id in self.senders and sender.reading:
             self.read_sender(sender)
 
     def read_sender(self, sender):
@@ -123,23 +125,22 @@ class Ingest(ChildProcess, AcceptGate):
             self.end_of_stream(sender)
 
     def end_of_stream(self, sender):
-        sender.eof = True
-        if sender.skipping:             # the too-long last line ends here
-            sender.skipping = False
+        if sender.state == "skipping":  # the too-long last line ends here
             sender.next_line += 1
+        sender.goto("eof")
         if sender.inbuf:                # a last line without its newline still counts
             self.take(sender, sender.inbuf + b"\n")
         else:
             self.maybe_done(sender)
 
     def take(self, sender, data):
-        if sender.skipping:
+        if sender.state == "skipping":
             cut = data.find(b"\n")
             if cut < 0:
                 sender.inbuf = b""
                 return
             data = data[cut + 1:]
-            sender.skipping = False
+            sender.goto("newline")
             sender.next_line += 1
         complete, sender.inbuf = ingestwire.split_lines(data)
         if len(sender.inbuf) > ingestwire.MAX_LINE:
@@ -148,7 +149,7 @@ class Ingest(ChildProcess, AcceptGate):
             sender.error(line_no, "line longer than %d bytes" % ingestwire.MAX_LINE)
             self.state.add("ingest", "errors")
             sender.inbuf = b""
-            sender.skipping = True
+            sender.goto("long_line")
         if complete:
             self.queue.append((sender, link.chunk(sender.id, sender.next_line, complete)))
             sender.outstanding += 1
@@ -156,21 +157,22 @@ class Ingest(ChildProcess, AcceptGate):
         self.maybe_done(sender)
 
     def maybe_done(self, sender):
-        if sender.eof and not sender.outstanding and not sender.inbuf and not sender.skipping:
-            self.compose_done(sender, sender.cut_off)
+        if sender.state in ("ended", "cut_off") and not sender.outstanding:
+            self.compose_done(sender, "settled")
             self.flush_output(sender)
 
-    def compose_done(self, sender, stopping):
-        """The final answer, once."""
-        if sender.done_sent:
+    def compose_done(self, sender, event):
+        """The final answer, once (`event`: settled, or a stop's grace is over)."""
+        if sender.state == "done":
             return
+        stopping = sender.stopping
+        sender.goto(event)
         if sender.not_written:
             log.error("ingest: %d lines from %s were not written (the writers could not "
                       "write them before the stop); the sender was told which",
                       sender.not_written, sender.describe())
         sender.outbuf += ingestwire.encode_done(sender.lines_taken(), sender.written,
                                                 sender.errors, stopping=stopping)
-        sender.done_sent = True
 
     def flush_output(self, sender):
         while sender.outbuf:
@@ -183,7 +185,7 @@ class Ingest(ChildProcess, AcceptGate):
                 sender.outbuf.clear()
                 break
             del sender.outbuf[:n]
-        if sender.done_sent:
+        if sender.state == "done":
             self.drop(sender)
 
     def drop(self, sender):
@@ -303,7 +305,7 @@ class Ingest(ChildProcess, AcceptGate):
             if not room:
                 sender.active = now     # not reading it is our doing, not its idleness
             events = 0
-            if room and not sender.eof and len(sender.outbuf) < MAX_OUTPUT:
+            if room and sender.reading and len(sender.outbuf) < MAX_OUTPUT:
                 events |= selectors.EVENT_READ
             if sender.outbuf:
                 events |= selectors.EVENT_WRITE
@@ -345,9 +347,8 @@ class Ingest(ChildProcess, AcceptGate):
         self.remove_socket()
         self.give_up()
         for sender in list(self.senders.values()):
-            # give_up settled every chunk: the answer adds up (stopping: cut off, or its
-            # lines were not all taken to the end)
-            self.compose_done(sender, sender.cut_off or not sender.eof)
+            # give_up settled every chunk: the answer adds up
+            self.compose_done(sender, "stop")
             sender.sock.settimeout(FINAL_SEND_TIMEOUT)
             try:
                 sender.sock.sendall(sender.outbuf)
@@ -358,7 +359,7 @@ class Ingest(ChildProcess, AcceptGate):
 
     def read_at_stop(self, sender, deadline):
         budget = STOP_READ_BUDGET   # a sender still writing fast must not keep us here
-        while not sender.eof and budget > 0 and time.monotonic() < deadline:
+        while sender.reading and budget > 0 and time.monotonic() < deadline:
             try:
                 data = sender.sock.recv(READ_SIZE)
             except (BlockingIOError, OSError):
@@ -372,11 +373,10 @@ class Ingest(ChildProcess, AcceptGate):
                 self.dispatch()
                 if self.queue:
                     self.step(0.05)
-        if not sender.eof:
+        if sender.reading:
             # Lines after these are not taken: the sender learns where to resume.
-            sender.cut_off = sender.eof = True
+            sender.goto("cut")
             sender.inbuf = b""
-            sender.skipping = False
             self.maybe_done(sender)
 
     def give_up(self):

@@ -1,4 +1,5 @@
-"""The ingest's senders: one connection each (Sender), and how many the ingest takes
+"""The ingest's senders: one connection each (Sender, whose life is the SENDER_STATES
+table), and how many the ingest takes
 at once (AcceptGate, a part of Ingest): the ingest_max_connections cap, running out of
 descriptors (EMFILE/ENFILE never kill the process: it stops accepting, logs once, and
 accepts again when a descriptor frees), and senders idle past ingest_idle_timeout.
@@ -24,29 +25,66 @@ ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _PEERCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
+# The life of one sender, as a table (h11 keeps a connection's states so):
+# state -> {event: next state}. An event a state does not list is a bug, not a sender's
+# doing, and raises.
+#   reading   its lines are taken
+#   skipping  inside a line longer than MAX_LINE: its bytes are dropped up to its newline
+#   ended     it closed its side; its last chunks wait for the writers' reports
+#   cut_off   a stop ended the reading before the sender's end; its chunks wait likewise
+#   done      its final answer is composed; the connection closes once that is sent
+# Events: long_line, newline (the long line's end), eof, cut (a stop read what it could),
+# settled (reading is over and nothing is outstanding), stop (a stop's grace is over).
+SENDER_STATES = {
+    "reading": {"long_line": "skipping", "eof": "ended", "cut": "cut_off", "stop": "done"},
+    "skipping": {"newline": "reading", "eof": "ended", "cut": "cut_off", "stop": "done"},
+    "ended": {"settled": "done", "stop": "done"},
+    "cut_off": {"settled": "done", "stop": "done"},
+    "done": {},
+}
+READING = ("reading", "skipping")      # the states that still take bytes from the sender
+
+
 class Sender:
-    """One connection on the ingest socket."""
+    """One connection on the ingest socket: its state (SENDER_STATES), its buffers, and
+    the counts its final answer adds up."""
 
     def __init__(self, conn_id, sock):
         self.id = conn_id
         self.sock = sock
+        self.state = "reading"
         self.inbuf = b""
         self.outbuf = bytearray()
         self.next_line = 1
-        self.skipping = False     # inside a line that was too long, until its newline
-        self.eof = False
         self.active = time.monotonic()   # last bytes in or out, or last report
-        self.cut_off = False      # the server stopped reading it before its end
         self.outstanding = 0      # chunks handed to writers and not yet reported
         self.written = 0
         self.errors = 0
         self.not_written = 0      # lines a stopping writer could not write
-        self.done_sent = False
         try:
             self.pid = _PEERCRED.unpack(sock.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
         except OSError:
             self.pid = 0
+
+    def goto(self, event):
+        """Take `event`; returns the state it leads to."""
+        try:
+            self.state = SENDER_STATES[self.state][event]
+        except KeyError:
+            raise RuntimeError("ingest: %s in state %s cannot take %s"
+                               % (self.describe(), self.state, event)) from None
+        return self.state
+
+    @property
+    def reading(self):
+        return self.state in READING
+
+    @property
+    def stopping(self):
+        """Whether its final answer says `stopping`: the server ended it, not the sender
+        (cut off, or its lines not all taken to its end)."""
+        return self.state != "ended"
 
     def describe(self):
         return "sender pid %d (connection %#x)" % (self.pid, self.id)
@@ -108,7 +146,7 @@ class AcceptGate:
 
     def idle(self, sender, now):
         """How long `sender` has been idle, 0 while it has anything in progress."""
-        if sender.outstanding or sender.outbuf or sender.inbuf or sender.eof:
+        if sender.outstanding or sender.outbuf or sender.inbuf or not sender.reading:
             return 0.0
         return now - sender.active
 
