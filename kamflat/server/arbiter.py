@@ -89,12 +89,13 @@ class Arbiter:
     def writer_target(self, rank, data_sock, control_sock):
         def run():
             s = self.settings
+            m = self.settings.model
             conn = flatstore.connect(
-                s.db_url, rank=rank, flush=s.flush, encode_delimiter=s.encode_delimiter,
-                encode_newlines=s.encode_newlines,
+                m.db_url, rank=rank, flush=m.flush, encode_delimiter=m.encode_delimiter,
+                encode_newlines=m.encode_newlines,
                 written_cell=lambda table: self.state.cell("flatstore", table + "_written"),
                 journal=self.state.journal())
-            return Writer(rank, conn, self.state, grace=s.stop_grace, control_sock=control_sock,
+            return Writer(rank, conn, self.state, grace=m.stop_grace, control_sock=control_sock,
                           data_sock=data_sock if self.listener is not None else None,
                           udp_socks=self.udp_socks, sip_handler=s.sip).run()
         return run
@@ -103,9 +104,9 @@ class Arbiter:
         def run():
             from kamflat.server.ingest import Ingest
             return Ingest(self.listener, writer_socks, self.state,
-                          grace=self.settings.stop_grace + INGEST_EXTRA_GRACE,
-                          max_connections=self.settings.ingest_max_connections,
-                          idle_timeout=self.settings.ingest_idle_timeout,
+                          grace=self.settings.model.stop_grace + INGEST_EXTRA_GRACE,
+                          max_connections=self.settings.model.ingest_max_connections,
+                          idle_timeout=self.settings.model.ingest_idle_timeout,
                           path=self.settings.ingest_socket, ident=self.listener_ident).run()
         return run
 
@@ -114,7 +115,7 @@ class Arbiter:
             from kamflat.server import mgmtproc
             from kamflat.mgmt.manage import Management
             from kamflat.server.rotation import Rotator
-            rotator = Rotator(control_socks, self.settings.rotate_timeout,
+            rotator = Rotator(control_socks, self.settings.model.rotate_timeout,
                               self.state)
             master = os.getppid()
             management = Management(

@@ -39,7 +39,7 @@ def main(argv):
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    config = settings.cfg
+    config = settings.model.config
     for warning in config.warnings:
         print("kamflat: warning: %s" % warning, file=sys.stderr)
     notice = config.notice()

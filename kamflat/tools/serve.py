@@ -14,25 +14,16 @@ log = logging.getLogger("kamflat")
 
 
 class Settings:
-    """What `kamflat serve` runs: the config's resolved Model, in the names the processes use."""
+    """What `kamflat serve` adds to the config's resolved Model (`.model`, which the
+    processes read for everything the config says): the log options, the writers'
+    ranks, the SIP handler, the process descriptions."""
 
     def __init__(self, model):
         self.model = model
-        self.cfg = model.config
         self.log_options = (None, 0)     # serve's --log-level and -d count
-        self.db_dir = model.db_dir
-        self.db_url = model.db_url
-        self.children = model.children
-        self.ranks = list(range(1, self.children + 1))
-        self.flush = model.flush
-        self.encode_delimiter = model.encode_delimiter
-        self.encode_newlines = model.encode_newlines
-        self.rotate_timeout = model.rotate_timeout
-        self.stop_grace = model.stop_grace
-        self.ingest_max_connections = model.ingest_max_connections
-        self.ingest_idle_timeout = model.ingest_idle_timeout
+        self.ranks = list(range(1, model.children + 1))
+        # The ingest socket's path, None without one (model.ingest_socket is its Place).
         self.ingest_socket = model.ingest_socket.path if model.ingest_socket else None
-        self.listen = [entry.spec for entry in model.listen]
         # Built once here; every writer gets a copy at fork.
         self.sip = model.sip_handler()
         if model.mi_fifo:
@@ -67,7 +58,7 @@ class Settings:
         return SharedDebug(state)
 
     def writer_desc(self, child):
-        if self.listen:
+        if self.model.listen:
             return "udp receiver child=%d sock=%s" % (child, self.sip_socket_names())
         return "writer child=%d" % child
 
@@ -75,22 +66,23 @@ class Settings:
         return " ".join(entry.name for entry in self.model.listen)
 
     def open_sip_sockets(self):
-        if not self.listen:
+        if not self.model.listen:
             return []
         from kamflat.server import sipnet
-        return sipnet.open_listen_sockets(self.listen)
+        return sipnet.open_listen_sockets([entry.spec for entry in self.model.listen])
 
     def dirs_to_create(self):
         """Directories kamflat makes at start (Kamailio would refuse to start instead)."""
-        paths = [self.db_dir]
+        paths = [self.model.db_dir]
         if self.ingest_socket:
             paths.append(os.path.dirname(self.ingest_socket))
         return [p for p in paths if p]
 
     def summary(self):
+        m = self.model
         return "children=%d dir=%s flush=%d ingest=%s listen=%s" % (
-            self.children, self.db_dir, self.flush, self.ingest_socket or "-",
-            ",".join(self.listen) or "-")
+            m.children, m.db_dir, m.flush, self.ingest_socket or "-",
+            ",".join(entry.spec for entry in m.listen) or "-")
 
 
 class _DebugFilter(logging.Filter):
@@ -161,7 +153,7 @@ def main(argv):
     except PathInUse as exc:
         print("kamflat: cannot start: %s" % exc, file=sys.stderr)
         return 1
-    for notice in settings.cfg.warnings:
+    for notice in settings.model.config.warnings:
         log.warning("%s", notice)
     for path in settings.dirs_to_create():
         if not os.path.isdir(path):
