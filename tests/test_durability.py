@@ -223,3 +223,16 @@ def test_idle_connections_never_kill_the_ingest_nor_lock_out_a_sender(tmp_path, 
         assert process_pid(server, "ingest") == ingest      # never died
         assert statistic(server.mi("get_statistics", "ingest:"), "ingest:idle_closed") >= 1
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("stop_grace", [0.0, 5.0, 30.0, 600.0])
+def test_the_master_waits_out_every_grace_before_it_kills(stop_grace):
+    """A stop_grace longer than the master's own stop timeout (20 s) once had the ingest
+    killed mid-stop, and its senders got no answer at all. (Checked by hand on
+    2026-12-02 with stop_grace=25000 and an acc path that is a file: the stop took 25 s
+    and ended in exact per-line answers; the full-disk test above runs it with 1 s.)"""
+    from kamflat.server.arbiter import ingest_grace, stop_timeouts
+    from kamflat.server.ingest import FINAL_SEND_TIMEOUT
+    writers_and_ingest, management = stop_timeouts(stop_grace)
+    assert writers_and_ingest > ingest_grace(stop_grace) + FINAL_SEND_TIMEOUT > stop_grace
+    assert management > 0

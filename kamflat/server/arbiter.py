@@ -29,7 +29,7 @@ from kamflat.server.writer import Writer, seqpacket_pair
 
 log = logging.getLogger("kamflat")
 
-STOP_TIMEOUT = 20.0        # per stage; a child still alive after this is killed
+STOP_TIMEOUT = 20.0        # per stage, beyond its graces; a child still alive then is killed
 RESTART_WINDOW = 10.0      # restarts within this many seconds count as a crash loop
 RESTART_LIMIT = 10         # ... and past this many, wait before each new restart
 INGEST_EXTRA_GRACE = 5.0   # the ingest waits this much longer than the writers' stop_grace
@@ -104,7 +104,7 @@ class Arbiter:
         def run():
             from kamflat.server.ingest import Ingest
             return Ingest(self.listener, writer_socks, self.state,
-                          grace=self.settings.model.stop_grace + INGEST_EXTRA_GRACE,
+                          grace=ingest_grace(self.settings.model.stop_grace),
                           max_connections=self.settings.model.ingest_max_connections,
                           idle_timeout=self.settings.model.ingest_idle_timeout,
                           path=self.settings.ingest_socket, ident=self.listener_ident).run()
@@ -224,8 +224,9 @@ class Arbiter:
         self.stopping = True
         ingest = [c for c in self.children if c.rank == INGEST_RANK]
         writers = [c for c in self.children if c.rank > 0]
-        for stage in (ingest + writers, [self.management]):
-            failed = self.terminate(stage)
+        for stage, timeout in zip((ingest + writers, [self.management]),
+                                  stop_timeouts(self.settings.model.stop_grace)):
+            failed = self.terminate(stage, timeout)
             if failed:
                 # A writer that could not write everything says so and exits 1 (the
                 # senders were told which lines): so does the server.
@@ -235,13 +236,14 @@ class Arbiter:
             _unlink(self.settings.ingest_socket)
         log.info("kamflat stopped")
 
-    def terminate(self, children):
-        """SIGTERM `children`, reap them; the descriptions of those that exited non-zero."""
+    def terminate(self, children, timeout):
+        """SIGTERM `children`, reap them (SIGKILL for one still alive `timeout` seconds
+        later); the descriptions of those that exited non-zero."""
         failed = []
         for child in children:
             if child.pid:
                 _kill(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + timeout
         for child in children:
             while child.pid:
                 try:
@@ -260,6 +262,18 @@ class Arbiter:
                     deadline = time.monotonic() + STOP_TIMEOUT
                 time.sleep(0.01)
         return failed
+
+
+def stop_timeouts(stop_grace):
+    """How long each stop stage (ingest and writers, then management) may take before
+    its children are killed: the first outlasts the ingest's grace, which outlasts the
+    writers' stop_grace, so a long stop_grace still ends in exact answers, not a kill."""
+    return ingest_grace(stop_grace) + STOP_TIMEOUT, STOP_TIMEOUT
+
+
+def ingest_grace(stop_grace):
+    """How long the ingest's stop waits for the writers' reports."""
+    return stop_grace + INGEST_EXTRA_GRACE
 
 
 def _listen_unix(path):
