@@ -150,7 +150,7 @@ class WatchedFifo:
 
     pyinotify on the FIFO's directory says when (imported here, lazily: it is
     optional, and on 3.12+ it needs pyasyncore); without it, `tick()` lstats the path
-    on every loop turn, which the servers take at least every POLL_INTERVAL.
+    every POLL_INTERVAL (the longest an idle loop waits between two turns anyway).
     `watch` says which it is: "inotify" or "stat".
     """
 
@@ -165,6 +165,7 @@ class WatchedFifo:
         self._notifier = None
         self._inotify_fd = None
         self._failing = False       # the FIFO is gone and could not be made again yet
+        self._next_check = 0.0      # monotonic time of tick()'s next lstat
 
     def open(self, selector, on_bytes):
         """Create the FIFO, register it with `selector` (key.data is `on_bytes(fd, mask)`)
@@ -173,11 +174,15 @@ class WatchedFifo:
         self._replace(self.fifo.create())
         self._start_watch()
 
-    def tick(self):
-        """Call on every loop turn. Without inotify this is where a deletion is noticed;
-        with it, this still catches what the watch cannot see (its directory deleted and
-        made again kills the watch). An lstat per turn costs next to nothing."""
-        self._check()
+    def tick(self, now):
+        """Call on every loop turn with time.monotonic(). Without inotify this is where a
+        deletion is noticed; with it, this still catches what the watch cannot see (its
+        directory deleted and made again kills the watch). It looks at most every
+        POLL_INTERVAL: a busy loop would otherwise lstat once per request, for nothing
+        an idle loop does not notice as soon."""
+        if now >= self._next_check:
+            self._next_check = now + POLL_INTERVAL
+            self._check()
 
     def close(self):
         """Stop watching, close the FIFO and remove it (if it is still the one made here).
@@ -387,6 +392,8 @@ class LogLimiter:
         self._log.log(level, fmt, *args)
 
     def tick(self, now):
+        if not self._kinds:
+            return
         for fmt, kind in list(self._kinds.items()):
             if now >= kind[0]:
                 self._release(fmt, kind)

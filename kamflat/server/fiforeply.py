@@ -158,11 +158,13 @@ class ReplyJobs:
 
     def tick(self, now):
         """Retry the opens that are due, give up on replies nobody reads."""
-        for job in [j for j in self._opening if j.next_try <= now]:
-            self._try_open(job, now)
-        for job in [j for j in self._writing.values() if j.give_up <= now]:
-            self._finish(job, "the reader did not read it within %.1f s"
-                         % self.reply_write_timeout)
+        if self._opening:
+            for job in [j for j in self._opening if j.next_try <= now]:
+                self._try_open(job, now)
+        if self._writing:
+            for job in [j for j in self._writing.values() if j.give_up <= now]:
+                self._finish(job, "the reader did not read it within %.1f s"
+                             % self.reply_write_timeout)
         self.log.tick(now)
 
     # -- one job ---------------------------------------------------------------
@@ -356,7 +358,7 @@ class FifoServer:
             self.reader.abandon("unfinished request abandoned after %.1f s without data"
                                 % self.request_idle_timeout)
             self._take_events()
-        self.fifo.tick()
+        self.fifo.tick(now)
 
     def _on_request_bytes(self, fd, mask):
         # each chunk goes to the reader as it was read, and its events are taken before
