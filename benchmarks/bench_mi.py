@@ -8,6 +8,8 @@ runs from the request's open/write/close on the server FIFO to EOF on the reply
 FIFO. "Full cycle" also times mkfifo, open and unlink, as `kamflat fifo` does.
 The baseline, measured in the same run, is a minimal Python responder (blocking
 read, fixed `200 OK` reply, no parsing, no checks): the floor for Python here.
+Both servers run side by side and are measured in alternating rounds
+(`--rounds`), so a change in the machine's load during the run weighs on both.
 """
 import argparse
 import multiprocessing
@@ -79,18 +81,16 @@ def measure(path, n, full):
     return times
 
 
-def bench(target, n):
-    """Start one server process, warm up, measure both ways, stop it."""
+def start(target):
+    """One server process; (path, stop) once it is ready."""
     path = os.path.join(tempfile.mkdtemp(prefix="bench_mi_"), "fifo")
     ready, stop = multiprocessing.Event(), multiprocessing.Event()
     proc = multiprocessing.Process(target=target, args=(path, ready, stop), daemon=True)
     proc.start()
-    try:
-        if not ready.wait(10):
-            raise SystemExit("server did not start")
-        measure(path, 50, False)
-        return measure(path, n, False), measure(path, n, True)
-    finally:
+    if not ready.wait(10):
+        raise SystemExit("server did not start")
+
+    def finish():
         stop.set()
         try:
             write_request(path, b"\n", 1.0)      # wake the blocking baseline
@@ -103,15 +103,40 @@ def bench(target, n):
         if os.path.exists(path):
             os.unlink(path)
         os.rmdir(os.path.dirname(path))
+    return path, finish
+
+
+def bench(targets, n, rounds):
+    """Start every server, warm each up, then measure them in alternating rounds, both
+    ways; {target: (pre-opened times, full-cycle times)}."""
+    servers, times = {}, {}
+    try:
+        for target in targets:
+            servers[target] = start(target)
+            times[target] = ([], [])
+        for target, (path, _) in servers.items():
+            measure(path, 50, False)
+        for r in range(rounds):
+            count = n // rounds + (r < n % rounds)
+            for full in (False, True):
+                for target, (path, _) in servers.items():
+                    times[target][full].extend(measure(path, count, full))
+        return times
+    finally:
+        for _, finish in servers.values():
+            finish()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="requests per measurement")
-    n = parser.parse_args().n
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="alternating rounds the requests are spread over")
+    args = parser.parse_args()
+    n = args.n
     multiprocessing.set_start_method("fork")
-    base_rt, base_full = bench(run_baseline, n)
-    kf_rt, kf_full = bench(run_kamflat, n)
+    times = bench((run_baseline, run_kamflat), n, max(1, min(args.rounds, n)))
+    (base_rt, base_full), (kf_rt, kf_full) = times[run_baseline], times[run_kamflat]
     print("flat_rotate over the MI FIFO, %d requests each (microseconds); load average %.2f on %d CPUs"
           % (n, os.getloadavg()[0], os.cpu_count()))
     print("%-34s %9s %9s %9s" % ("", "median", "p99", "max"))
