@@ -66,7 +66,8 @@ MAX_QUEUED_PER_REPLY = 16
 class ReplyJob:
     """One request on its way to its reply FIFO."""
 
-    __slots__ = ("path", "label", "run", "slow", "fd", "data", "offset", "give_up", "next_try")
+    __slots__ = ("path", "label", "run", "slow", "fd", "data", "offset", "give_up", "next_try",
+                 "delivered")
 
     def __init__(self, path, label, run, slow):
         self.path = path
@@ -77,6 +78,7 @@ class ReplyJob:
         self.data = None
         self.offset = 0
         self.give_up = self.next_try = 0.0
+        self.delivered = False      # the helper thread wrote the whole reply and closed it
 
 
 class ReplyJobs:
@@ -114,7 +116,7 @@ class ReplyJobs:
         if self._slow is not None:
             self.start_slow()
             for job, _ in self._slow.close():
-                if job.fd is None:      # the helper delivered it
+                if job.delivered:
                     self._done(job)
                 else:
                     self._finish(job, "server shutting down")
@@ -130,6 +132,11 @@ class ReplyJobs:
     def submit(self, path, label, run, slow=False):
         """Queue a job for the reply FIFO at `path` (see the module docstring)."""
         job = ReplyJob(path, label, run, slow)
+        queue = self._queues.get(path)
+        if queue and queue[0].delivered:
+            # its client may ask again as soon as it has its EOF, before the helper's note
+            # that it is done comes: it is done, the new job need not wait behind it
+            self._done(queue[0])
         queue = self._queues.setdefault(path, collections.deque())
         if len(queue) >= MAX_QUEUED_PER_REPLY:
             self._on_drop()
@@ -202,7 +209,8 @@ class ReplyJobs:
         """On the helper thread: run the command, write its reply in one write and
         close the reply FIFO if the pipe took it all (job.fd is then None). Anything
         else (a partial write, an error, no bytes to write) is left to the loop,
-        which goes on from job.offset and reports what happens."""
+        which goes on from job.offset and reports what happens. `delivered` is set
+        before the close, since the EOF lets the client ask again at once."""
         result = job.run()
         if isinstance(result, (bytes, bytearray)):
             try:
@@ -210,8 +218,8 @@ class ReplyJobs:
             except OSError:
                 return result
             if job.offset == len(result):
-                os.close(job.fd)
-                job.fd = None
+                fd, job.fd, job.delivered = job.fd, None, True     # before the EOF it causes
+                os.close(fd)
         return result
 
     def _wake_for(self, job, result):
@@ -225,8 +233,8 @@ class ReplyJobs:
 
     def _on_slow_done(self, fd, mask):
         for job, result in self._slow.finished(woken=fd is not None):
-            if job.fd is None:
-                self._done(job)
+            if job.delivered:
+                self._done(job)     # nothing if submit() saw it done first
             else:
                 self._deliver(job, result)
 
