@@ -227,7 +227,8 @@ class ReplyJobs:
         return job.fd is not None or len(self._queues.get(job.path, ())) > 1
 
     def collect_slow(self):
-        """Take note of the slow jobs the helper finished without waking the loop."""
+        """Take note of the slow jobs the helper finished without waking the loop (a
+        new job for the same reply FIFO does not wait for this: see submit())."""
         if self._slow.done:
             self._on_slow_done(None, None)
 
@@ -356,9 +357,7 @@ class FifoServer:
             self._take_events()     # the events left over from the last turn first
         wait = 0.0 if self._backlog else self.jobs.next_timeout(timeout)
         self.jobs.start_slow()
-        events = self._sel.select(wait)
-        self.jobs.collect_slow()    # before a request can queue behind a finished job
-        for key, mask in events:
+        for key, mask in self._sel.select(wait):
             key.data(key.fd, mask)
         now = time.monotonic()
         self.jobs.tick(now)
