@@ -137,7 +137,9 @@ class ReplyJobs:
             # its client may ask again as soon as it has its EOF, before the helper's note
             # that it is done comes: it is done, the new job need not wait behind it
             self._done(queue[0])
-        queue = self._queues.setdefault(path, collections.deque())
+            queue = self._queues.get(path)
+        if queue is None:
+            queue = self._queues[path] = collections.deque()
         if len(queue) >= MAX_QUEUED_PER_REPLY:
             self._on_drop()
             self.log.warning("%s: dropped request %r (reply to %s): %d requests already "
