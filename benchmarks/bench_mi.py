@@ -8,10 +8,15 @@ runs from the request's open/write/close on the server FIFO to EOF on the reply
 FIFO. "Full cycle" also times mkfifo, open and unlink, as `kamflat fifo` does.
 The baseline, measured in the same run, is a minimal Python responder (blocking
 read, fixed `200 OK` reply, no parsing, no checks): the floor for Python here.
+Both servers run side by side and are measured in alternating rounds
+(`--rounds`), so a change in the machine's load during the run weighs on both.
+With `--serve N` the kamflat side is a whole `kamflat serve` with N writers, so
+the time includes the rotation itself (every writer closing its files).
 """
 import argparse
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kamflat.mgmt.manage import Management                                # noqa: E402
+from kamflat.pytest_plugin import KamflatServer                           # noqa: E402
 from kamflat.tools.fifoclient import exchange, make_reply_fifo, read_reply, write_request  # noqa: E402
 from kamflat.server.mi_fifo import MIFifoServer                              # noqa: E402
 
@@ -79,18 +85,16 @@ def measure(path, n, full):
     return times
 
 
-def bench(target, n):
-    """Start one server process, warm up, measure both ways, stop it."""
+def start(target):
+    """One server process; (path, stop) once it is ready."""
     path = os.path.join(tempfile.mkdtemp(prefix="bench_mi_"), "fifo")
     ready, stop = multiprocessing.Event(), multiprocessing.Event()
     proc = multiprocessing.Process(target=target, args=(path, ready, stop), daemon=True)
     proc.start()
-    try:
-        if not ready.wait(10):
-            raise SystemExit("server did not start")
-        measure(path, 50, False)
-        return measure(path, n, False), measure(path, n, True)
-    finally:
+    if not ready.wait(10):
+        raise SystemExit("server did not start")
+
+    def finish():
         stop.set()
         try:
             write_request(path, b"\n", 1.0)      # wake the blocking baseline
@@ -103,21 +107,67 @@ def bench(target, n):
         if os.path.exists(path):
             os.unlink(path)
         os.rmdir(os.path.dirname(path))
+    return path, finish
+
+
+def start_serve(children):
+    """A whole `kamflat serve` with `children` writers; (MI FIFO path, finish)."""
+    directory = tempfile.mkdtemp(prefix="bench_mi_serve_")
+    server = KamflatServer(directory, children=children)
+    server.start(30)
+
+    def finish():
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    return server.mi_fifo, finish
+
+
+def bench(starters, n, rounds):
+    """Start every server (`starters`: name -> function returning (path, finish)), warm
+    each up, then measure them in alternating rounds, both ways;
+    {name: (pre-opened times, full-cycle times)}."""
+    servers, times = {}, {}
+    try:
+        for name, starter in starters.items():
+            servers[name] = starter()
+            times[name] = ([], [])
+        for target, (path, _) in servers.items():
+            measure(path, 50, False)
+        for r in range(rounds):
+            count = n // rounds + (r < n % rounds)
+            for full in (False, True):
+                for target, (path, _) in servers.items():
+                    times[target][full].extend(measure(path, count, full))
+        return times
+    finally:
+        for _, finish in servers.values():
+            finish()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="requests per measurement")
-    n = parser.parse_args().n
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="alternating rounds the requests are spread over")
+    parser.add_argument("--serve", type=int, metavar="N",
+                        help="measure a whole `kamflat serve` with N writers instead of "
+                             "an MIFifoServer without writers")
+    args = parser.parse_args()
+    n = args.n
     multiprocessing.set_start_method("fork")
-    base_rt, base_full = bench(run_baseline, n)
-    kf_rt, kf_full = bench(run_kamflat, n)
+    kamflat = ("kamflat serve, %d writers" % args.serve if args.serve
+               else "kamflat MIFifoServer")
+    times = bench({"baseline": lambda: start(run_baseline),
+                   kamflat: (lambda: start_serve(args.serve)) if args.serve
+                   else lambda: start(run_kamflat)},
+                  n, max(1, min(args.rounds, n)))
+    (base_rt, base_full), (kf_rt, kf_full) = times["baseline"], times[kamflat]
     print("flat_rotate over the MI FIFO, %d requests each (microseconds); load average %.2f on %d CPUs"
           % (n, os.getloadavg()[0], os.cpu_count()))
     print("%-34s %9s %9s %9s" % ("", "median", "p99", "max"))
     rows = [("Kamailio 3.3.7 (recorded, 200 runs)", KAMAILIO_33["median"], KAMAILIO_33["p99"], None),
             ("bare Python responder (baseline)", statistics.median(base_rt), percentile(base_rt, 99), max(base_rt)),
-            ("kamflat MIFifoServer", statistics.median(kf_rt), percentile(kf_rt, 99), max(kf_rt))]
+            (kamflat, statistics.median(kf_rt), percentile(kf_rt, 99), max(kf_rt))]
     for label, med, p99, worst in rows:
         print("%-34s %9.1f %9.1f %9s" % (label, med, p99, "-" if worst is None else "%.1f" % worst))
     med, p99 = statistics.median(kf_rt), percentile(kf_rt, 99)

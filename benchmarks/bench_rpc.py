@@ -6,6 +6,8 @@ Measures kamflat's servers (each in its own process, Management.standalone()) an
 when the Debian package is installed, a real Kamailio 5.6 started here as the
 baseline of the same run; prints both beside the figures recorded on the reference
 machine (spec kamailio-5.6-observed.md section 6) and the kamflat/Kamailio ratio.
+Both servers run side by side and are measured in alternating rounds (`--rounds`),
+so a change in the machine's load during the run weighs on both.
 """
 import argparse
 import multiprocessing
@@ -119,20 +121,25 @@ def send(fifo, data):
 
 
 def bench_preopened(fifo, calls):
+    """The reply FIFO is opened for reading before each timed call (not timed): a read
+    end kept open from one call to the next would see the last call's hang-up and spin
+    in read_to_eof until the server opens it, taking the CPU from the server."""
     name = "kfbench_pre_%d" % os.getpid()
     path = "/tmp/" + name
     os.mkfifo(path, 0o600)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     request = (REQUEST % name).encode()
     times = []
     try:
         for _ in range(calls):
-            t0 = time.perf_counter()
-            send(fifo, request)
-            read_to_eof(fd)
-            times.append(time.perf_counter() - t0)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                t0 = time.perf_counter()
+                send(fifo, request)
+                read_to_eof(fd)
+                times.append(time.perf_counter() - t0)
+            finally:
+                os.close(fd)
     finally:
-        os.close(fd)
         os.unlink(path)
     return times
 
@@ -170,36 +177,48 @@ def summary(times):
     return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
 
 
-def measure(fifo, ctl, calls):
-    out = {}
-    bench_preopened(fifo, 20)                  # warm up
-    out["write->EOF, reply FIFO pre-opened"] = summary(bench_preopened(fifo, calls))
-    out["full client cycle"] = summary(bench_full_cycle(fifo, calls))
+def measure(sides, calls, rounds):
+    """{side: {what: (median, p99)}} for every side ((fifo, ctl) by name), the calls
+    spread over `rounds` rounds in which the sides take turns."""
+    kinds = {"write->EOF, reply FIFO pre-opened": (bench_preopened, 0, calls),
+             "full client cycle": (bench_full_cycle, 0, calls)}
     if shutil.which("kamcmd") or os.path.exists("/usr/sbin/kamcmd"):
-        out["kamcmd (spawn + binrpc)"] = summary(bench_kamcmd(ctl, max(calls // 4, 20)))
-    return out
+        kinds["kamcmd (spawn + binrpc)"] = (bench_kamcmd, 1, max(calls // 4, 20))
+    times = {side: {what: [] for what in kinds} for side in sides}
+    for fifo, _ in sides.values():
+        bench_preopened(fifo, 20)               # warm up
+    for r in range(rounds):
+        for what, (run, address, total) in kinds.items():
+            count = total // rounds + (r < total % rounds)
+            for side, addresses in sides.items():
+                times[side][what] += run(addresses[address], count)
+    return {side: {what: summary(t) for what, t in got.items()} for side, got in times.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="alternating rounds the calls are spread over")
     args = parser.parse_args()
+    rounds = max(1, min(args.rounds, max(args.calls // 4, 20)))
     with tempfile.TemporaryDirectory(prefix="kfbench") as tmp:
         tmp = Path(tmp)
         (tmp / "kamflat").mkdir()
         (tmp / "kamailio").mkdir()
         fifo, ctl, stop = start_kamflat(tmp / "kamflat")
+        kamailio = None
         try:
-            mine = measure(fifo, ctl, args.calls)
+            kamailio = start_kamailio(tmp / "kamailio")
+            sides = {"kamflat": (fifo, ctl)}
+            if kamailio:
+                sides["kamailio"] = kamailio[:2]
+            got = measure(sides, args.calls, rounds)
         finally:
             stop()
-        theirs = {}
-        kamailio = start_kamailio(tmp / "kamailio")
-        if kamailio:
-            try:
-                theirs = measure(kamailio[0], kamailio[1], args.calls)
-            finally:
+            if kamailio:
                 kamailio[2]()
+        mine, theirs = got["kamflat"], got.get("kamailio", {})
     print("flatstore.rotate round trip, %d calls (ms, median / p99)" % args.calls)
     print("%-36s %17s %17s %9s %10s" % ("", "kamflat", "Kamailio 5.6 now", "ratio",
                                         "recorded"))

@@ -23,7 +23,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import DATA, run_kamflat, wait_until
 from kamflat.config.cfg import parse_config
 from kamflat.mgmt.manage import Management, Process, Statistics
-from kamflat.tools.fifoclient import exchange, make_reply_fifo, write_request
+from kamflat.tools.fifoclient import exchange, make_reply_fifo, read_reply, write_request
 from kamflat.tools.fifo import kamctl_output
 from kamflat.server.mi_fifo import MIFifoError, MIFifoServer
 
@@ -400,6 +400,46 @@ def test_flat_rotate_replies_200_only_when_complete(srv):
     write_request(srv.path, b":flat_rotate:%s_none\n\n" % TAG.encode(), 2)
     wait_until(lambda: srv.logged("open error (/tmp/%s_none)" % TAG), timeout=2)
     assert srv.rotations == 3
+
+
+def test_slow_reply_larger_than_the_pipe_is_finished_by_the_loop(srv):
+    """The helper thread writes what the reply FIFO takes; the loop writes the rest."""
+    name = TAG + "_big"
+    srv.rotate_errors = ["writer %d: acc_%d.log: Permission denied" % (i, i) for i in range(400)]
+    fd = make_reply_fifo("/tmp/" + name)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)
+        write_request(srv.path, b":flat_rotate:%s\n\n" % name.encode(), 2)
+        reply = read_reply(fd, 5)
+    finally:
+        os.close(fd)
+        os.unlink("/tmp/" + name)
+    assert len(reply) > 4096
+    assert reply == b"500 Rotation incomplete\n" + b"".join(
+        e.encode() + b"\n" for e in srv.rotate_errors) + b"\n"
+
+
+def test_slow_replies_to_one_reply_fifo_go_out_in_order(srv):
+    """Requests queued behind a slow one for the same reply FIFO are started when it
+    is done (the helper wakes the loop for them)."""
+    name = TAG + "_two"
+    fd = make_reply_fifo("/tmp/" + name)
+    got = b""
+    try:
+        write_request(srv.path, b":flat_rotate:%s\n\n:pwd:%s\n\n:flat_rotate:%s\n\n"
+                      % ((name.encode(),) * 3), 2)
+        deadline = time.monotonic() + 5
+        while got.count(b"\n\n") < 3 and time.monotonic() < deadline:
+            select.select([fd], [], [], 0.05)
+            try:
+                got += os.read(fd, 65536)
+            except BlockingIOError:
+                pass
+    finally:
+        os.close(fd)
+        os.unlink("/tmp/" + name)
+    assert re.fullmatch(rb"200 OK\n\n200 OK\nWD:: /.*\n\n200 OK\n\n", got), got
+    assert srv.rotations == 2
 
 
 def test_statistics_commands(srv):

@@ -31,6 +31,7 @@ parser resyncs instead, by these rules:
 5. `abandon()` drops whatever is unfinished; the IO layer calls it after a
    request has been idle for a bounded time.
 """
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ FIRST_LINE_MAX = 1023       # bytes incl. LF: Kamailio's fgets() into a 1024-byt
 ARG_BUFFER = 8192           # one parse buffer shared by all arg lines of a request
 REPLY_PATH_MAX = 127        # len(reply_dir) + len(name) (MAX_MI_FILENAME 128 incl. NUL)
 FORBIDDEN_IN_REPLY_NAME = ".\\/\0"   # NUL: Kamailio's C strings would cut the name there
+_FORBIDDEN = re.compile("[%s]" % re.escape(FORBIDDEN_IN_REPLY_NAME))
 _TRIM = b"\r\n \t"
 _WS = b" \t\n\r\v\f"
 
@@ -111,7 +113,7 @@ def _wire_length(s):
 
 def check_reply_name(name, reply_dir):
     """Why Kamailio would refuse this reply FIFO name, or None if it is fine."""
-    if any(c in name for c in FORBIDDEN_IN_REPLY_NAME):
+    if _FORBIDDEN.search(name):
         return "Forbidden reply fifo filename: %s" % name
     length = _wire_length(reply_dir) + _wire_length(name)
     if length > REPLY_PATH_MAX:

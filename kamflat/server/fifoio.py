@@ -19,8 +19,8 @@ import os
 import pwd
 import selectors
 import stat
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("kamflat.server.fifoio")
 
@@ -150,7 +150,7 @@ class WatchedFifo:
 
     pyinotify on the FIFO's directory says when (imported here, lazily: it is
     optional, and on 3.12+ it needs pyasyncore); without it, `tick()` lstats the path
-    on every loop turn, which the servers take at least every POLL_INTERVAL.
+    every POLL_INTERVAL (the longest an idle loop waits between two turns anyway).
     `watch` says which it is: "inotify" or "stat".
     """
 
@@ -165,6 +165,7 @@ class WatchedFifo:
         self._notifier = None
         self._inotify_fd = None
         self._failing = False       # the FIFO is gone and could not be made again yet
+        self._next_check = 0.0      # monotonic time of tick()'s next lstat
 
     def open(self, selector, on_bytes):
         """Create the FIFO, register it with `selector` (key.data is `on_bytes(fd, mask)`)
@@ -173,11 +174,15 @@ class WatchedFifo:
         self._replace(self.fifo.create())
         self._start_watch()
 
-    def tick(self):
-        """Call on every loop turn. Without inotify this is where a deletion is noticed;
-        with it, this still catches what the watch cannot see (its directory deleted and
-        made again kills the watch). An lstat per turn costs next to nothing."""
-        self._check()
+    def tick(self, now):
+        """Call on every loop turn with time.monotonic(). Without inotify this is where a
+        deletion is noticed; with it, this still catches what the watch cannot see (its
+        directory deleted and made again kills the watch). It looks at most every
+        POLL_INTERVAL: a busy loop would otherwise lstat once per request, for nothing
+        an idle loop does not notice as soon."""
+        if now >= self._next_check:
+            self._next_check = now + POLL_INTERVAL
+            self._check()
 
     def close(self):
         """Stop watching, close the FIFO and remove it (if it is still the one made here).
@@ -254,36 +259,75 @@ class SlowCalls:
     The loop registers `wake_fd` for reading; once it is readable, `finished()`
     gives (tag, result) for each call done since. A call that raises gives None
     (the servers' own runners already turn errors into replies; this is a backstop).
+    `wake_for(tag, result)`, if given, says whether the loop must be woken for a
+    result: one it is not woken for waits until the loop looks (`done`), which a
+    loop that asks for that looks at before every wait for IO.
+
+    The hand-off is on every slow request's round trip, so it is kept short: a
+    plain thread (no executor, no futures) that sleeps in a blocking read of a pipe
+    and is woken by one byte. os.write lets go of the GIL while it writes, so the
+    woken thread can take the GIL and run the call at once; a lock or queue would
+    wake it while the loop still holds the GIL, to fall asleep again on it.
     """
 
-    def __init__(self, name):
+    def __init__(self, name, wake_for=None):
         self._name = name
-        self._executor = None       # started on the first call
+        self._wake_for = wake_for
+        self._thread = None         # started on the first call
+        self._calls = collections.deque()
         self._done = collections.deque()
-        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # to the loop
+        self._go_r, self._go_w = os.pipe2(os.O_CLOEXEC)                     # to the thread
+        os.set_blocking(self._go_w, False)
 
     def submit(self, tag, call):
         """Run call() on the helper thread; its result comes back with `tag`."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
-        future = self._executor.submit(call)
-        future.add_done_callback(lambda f: self._finished(tag, f))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+        self._calls.append((tag, call))
+        self._go()
 
-    def _finished(self, tag, future):
+    def _go(self):
         try:
-            result = future.result()
+            os.write(self._go_w, b"!")
+        except BlockingIOError:
+            pass        # the pipe is full: the thread has wake-ups enough to come
+
+    def _work(self):
+        while True:
+            os.read(self._go_r, 4096)   # a byte written after each call was queued
+            while self._calls:
+                item = self._calls.popleft()
+                if item is None:
+                    return
+                self._call(*item)
+
+    def _call(self, tag, call):
+        try:
+            result = call()
         except Exception:
             log.exception("%s: slow command failed", self._name)
             result = None
         self._done.append((tag, result))
+        # appended before asking: a loop that looks at `done` after queueing what
+        # wake_for checks either sees this result or is woken for it
+        if self._wake_for is not None and not self._wake_for(tag, result):
+            return
         try:
             os.write(self._wake_w, b"!")
         except OSError:
             pass        # the pipe is full: the loop is already being woken
 
-    def finished(self):
-        """The (tag, result) of every call done since the last time (empties the pipe)."""
-        while True:
+    @property
+    def done(self):
+        """Are there results finished() has not given yet?"""
+        return bool(self._done)
+
+    def finished(self, woken=True):
+        """The (tag, result) of every call done since the last time; `woken`: the loop
+        was woken by `wake_fd` (empties the pipe)."""
+        while woken:
             try:
                 if not os.read(self.wake_fd, 4096):
                     break
@@ -295,14 +339,16 @@ class SlowCalls:
         return done
 
     def close(self):
-        """Wait for the calls still running, close the pipe; returns the (tag, result)
-        pairs the loop has not collected (nobody will deliver those now)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Wait for the calls still running or queued, close the pipe; returns the
+        (tag, result) pairs the loop has not collected (nobody will deliver those now)."""
+        if self._thread is not None:
+            self._calls.append(None)
+            self._go()
+            self._thread.join()
+            self._thread = None
         left = list(self._done)
         self._done.clear()
-        for fd in (self.wake_fd, self._wake_w):
+        for fd in (self.wake_fd, self._wake_w, self._go_r, self._go_w):
             os.close(fd)
         return left
 
@@ -346,6 +392,8 @@ class LogLimiter:
         self._log.log(level, fmt, *args)
 
     def tick(self, now):
+        if not self._kinds:
+            return
         for fmt, kind in list(self._kinds.items()):
             if now >= kind[0]:
                 self._release(fmt, kind)

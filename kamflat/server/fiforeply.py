@@ -22,9 +22,17 @@ holding up another client:
    runs only once its reply FIFO is open, so a command whose client is gone never runs
    (kamctl starts its `cat` just after writing the request: hence the wait).
 2. Then `run()` runs: on a helper thread for the slow commands (a rotation waits for
-   every writer), so the loop goes on serving everyone else meanwhile.
+   every writer), so the loop goes on serving everyone else meanwhile. A slow job is
+   handed to the helper only when the loop turn is over, just before the loop waits
+   for IO, so the two threads do not take the GIL from each other meanwhile.
 3. The reply is written without blocking; a reader that has not taken all of it after
-   `reply_write_timeout` seconds is given up.
+   `reply_write_timeout` seconds is given up. The helper thread writes a slow
+   command's reply itself and closes the reply FIFO when the pipe took all of it (a
+   reply to a rotation is a line or two): its client has its EOF without waiting for
+   the loop to wake up; whatever the pipe did not take, the loop writes. The helper
+   wakes the loop only when the loop has something to do about it (write the rest,
+   start the next job for the same reply FIFO); otherwise the loop takes note at its
+   next turn.
 
 Replies to one reply FIFO go out one after another, in request order, and at most
 MAX_QUEUED_PER_REPLY jobs wait for one reply FIFO: a client that floods requests
@@ -58,7 +66,8 @@ MAX_QUEUED_PER_REPLY = 16
 class ReplyJob:
     """One request on its way to its reply FIFO."""
 
-    __slots__ = ("path", "label", "run", "slow", "fd", "data", "offset", "give_up", "next_try")
+    __slots__ = ("path", "label", "run", "slow", "fd", "data", "offset", "give_up", "next_try",
+                 "delivered")
 
     def __init__(self, path, label, run, slow):
         self.path = path
@@ -69,6 +78,7 @@ class ReplyJob:
         self.data = None
         self.offset = 0
         self.give_up = self.next_try = 0.0
+        self.delivered = False      # the helper thread wrote the whole reply and closed it
 
 
 class ReplyJobs:
@@ -89,21 +99,27 @@ class ReplyJobs:
         self._queues = {}           # path -> deque of jobs; the first one is in progress
         self._opening = {}          # jobs whose reply FIFO has no reader yet (ordered set)
         self._writing = {}          # fd -> job whose reply waits for the reader to drain
+        self._to_helper = []        # slow jobs whose reply FIFO is open: start_slow() hands them on
         self._sel = None
         self._slow = None
         self._closing = False
 
     def open(self, selector):
         self._sel = selector
-        self._slow = SlowCalls(self.what.replace(" ", "-").lower() + "-slow")
+        self._slow = SlowCalls(self.what.replace(" ", "-").lower() + "-slow",
+                               wake_for=self._wake_for)
         selector.register(self._slow.wake_fd, selectors.EVENT_READ, self._on_slow_done)
 
     def close(self):
         """Drop what is left (finishing a slow command first); close every reply FIFO."""
         self._closing = True
         if self._slow is not None:
+            self.start_slow()
             for job, _ in self._slow.close():
-                self._finish(job, "server shutting down")
+                if job.delivered:
+                    self._done(job)
+                else:
+                    self._finish(job, "server shutting down")
             self._slow = None
         for queue in list(self._queues.values()):
             for job in list(queue):
@@ -116,7 +132,14 @@ class ReplyJobs:
     def submit(self, path, label, run, slow=False):
         """Queue a job for the reply FIFO at `path` (see the module docstring)."""
         job = ReplyJob(path, label, run, slow)
-        queue = self._queues.setdefault(path, collections.deque())
+        queue = self._queues.get(path)
+        if queue and queue[0].delivered:
+            # its client may ask again as soon as it has its EOF, before the helper's note
+            # that it is done comes: it is done, the new job need not wait behind it
+            self._done(queue[0])
+            queue = self._queues.get(path)
+        if queue is None:
+            queue = self._queues[path] = collections.deque()
         if len(queue) >= MAX_QUEUED_PER_REPLY:
             self._on_drop()
             self.log.warning("%s: dropped request %r (reply to %s): %d requests already "
@@ -125,6 +148,15 @@ class ReplyJobs:
         queue.append(job)
         if len(queue) == 1:
             self._begin(job, time.monotonic())
+
+    def start_slow(self):
+        """Take note of the slow jobs done, then hand the ones whose reply FIFO opened
+        in this loop turn to the helper thread; the loop calls it just before it
+        waits for IO."""
+        self.collect_slow()
+        for job in self._to_helper:
+            self._slow.submit(job, lambda job=job: self._run_and_write(job))
+        self._to_helper.clear()
 
     def next_timeout(self, longest):
         """How long the loop may wait for IO before a job needs a retry."""
@@ -135,11 +167,13 @@ class ReplyJobs:
 
     def tick(self, now):
         """Retry the opens that are due, give up on replies nobody reads."""
-        for job in [j for j in self._opening if j.next_try <= now]:
-            self._try_open(job, now)
-        for job in [j for j in self._writing.values() if j.give_up <= now]:
-            self._finish(job, "the reader did not read it within %.1f s"
-                         % self.reply_write_timeout)
+        if self._opening:
+            for job in [j for j in self._opening if j.next_try <= now]:
+                self._try_open(job, now)
+        if self._writing:
+            for job in [j for j in self._writing.values() if j.give_up <= now]:
+                self._finish(job, "the reader did not read it within %.1f s"
+                             % self.reply_write_timeout)
         self.log.tick(now)
 
     # -- one job ---------------------------------------------------------------
@@ -168,13 +202,44 @@ class ReplyJobs:
         self._opening.pop(job, None)
         job.fd = fd
         if job.slow:
-            self._slow.submit(job, job.run)
+            self._to_helper.append(job)
         else:
             self._deliver(job, job.run())
 
+    @staticmethod
+    def _run_and_write(job):
+        """On the helper thread: run the command, write its reply in one write and
+        close the reply FIFO if the pipe took it all (job.fd is then None). Anything
+        else (a partial write, an error, no bytes to write) is left to the loop,
+        which goes on from job.offset and reports what happens. `delivered` is set
+        before the close, since the EOF lets the client ask again at once."""
+        result = job.run()
+        if isinstance(result, (bytes, bytearray)):
+            try:
+                job.offset = os.write(job.fd, result)
+            except OSError:
+                return result
+            if job.offset == len(result):
+                fd, job.fd, job.delivered = job.fd, None, True     # before the EOF it causes
+                os.close(fd)
+        return result
+
+    def _wake_for(self, job, result):
+        """On the helper thread: does the loop have to act on this job now?"""
+        return job.fd is not None or len(self._queues.get(job.path, ())) > 1
+
+    def collect_slow(self):
+        """Take note of the slow jobs the helper finished without waking the loop (a
+        new job for the same reply FIFO does not wait for this: see submit())."""
+        if self._slow.done:
+            self._on_slow_done(None, None)
+
     def _on_slow_done(self, fd, mask):
-        for job, result in self._slow.finished():
-            self._deliver(job, result)
+        for job, result in self._slow.finished(woken=fd is not None):
+            if job.delivered:
+                self._done(job)     # nothing if submit() saw it done first
+            else:
+                self._deliver(job, result)
 
     def _deliver(self, job, result):
         if not isinstance(result, (bytes, bytearray)):
@@ -293,6 +358,7 @@ class FifoServer:
         if self._backlog:
             self._take_events()     # the events left over from the last turn first
         wait = 0.0 if self._backlog else self.jobs.next_timeout(timeout)
+        self.jobs.start_slow()
         for key, mask in self._sel.select(wait):
             key.data(key.fd, mask)
         now = time.monotonic()
@@ -301,7 +367,7 @@ class FifoServer:
             self.reader.abandon("unfinished request abandoned after %.1f s without data"
                                 % self.request_idle_timeout)
             self._take_events()
-        self.fifo.tick()
+        self.fifo.tick(now)
 
     def _on_request_bytes(self, fd, mask):
         # each chunk goes to the reader as it was read, and its events are taken before
@@ -318,6 +384,8 @@ class FifoServer:
             self._last_data = time.monotonic()
             self.reader.receive_data(data)
             self._take_events()
+            if len(data) < self.READ_SIZE:
+                return              # the pipe is empty: no read just to hear EAGAIN
 
     def _take_events(self):
         for _ in range(self.EVENTS_PER_TURN):
