@@ -24,8 +24,12 @@ class Rotator:
         self.timeout = timeout
         self.statistics = statistics
         self.lock = threading.Lock()     # one rotation at a time, whichever transport asks
+        # One selector for the Rotator's life, every control socket in it (the master
+        # keeps both ends of each pair open, so none ever reads as closed).
+        self.selector = selectors.DefaultSelector()
         for sock in self.socks.values():
             sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
 
     def rotate(self):
         with self.lock:
@@ -35,7 +39,6 @@ class Rotator:
             errors = []
             waiting = {}
             for rank, sock in sorted(self.socks.items()):
-                _discard_stale(sock)
                 try:
                     sock.send(link.encode(link.Message("rotate", generation)))
                 except OSError as exc:
@@ -50,31 +53,21 @@ class Rotator:
     def _collect(self, waiting, generation):
         errors = []
         deadline = time.monotonic() + self.timeout
-        with selectors.DefaultSelector() as sel:
-            for sock in waiting:
-                sel.register(sock, selectors.EVENT_READ)
-            while waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                for key, _ in sel.select(left):
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in self.selector.select(left):
+                try:
                     answer = link.decode(key.fileobj.recv(4096))
-                    if answer.number != generation:
-                        continue        # an answer to an earlier rotation that timed out
-                    rank = waiting.pop(key.fileobj)
-                    sel.unregister(key.fileobj)
-                    if answer.kind != "rotated":
-                        errors.append("writer %d: %s" % (rank, answer.body))
+                except BlockingIOError:
+                    continue
+                if answer.number != generation or key.fileobj not in waiting:
+                    continue        # an answer to an earlier rotation that timed out
+                rank = waiting.pop(key.fileobj)
+                if answer.kind != "rotated":
+                    errors.append("writer %d: %s" % (rank, answer.body))
         for rank in sorted(waiting.values()):
             errors.append("writer %d did not close its files within %d ms"
                           % (rank, self.timeout * 1000))
         return errors
-
-
-def _discard_stale(sock):
-    while True:
-        try:
-            if not sock.recv(4096):
-                return
-        except BlockingIOError:
-            return
