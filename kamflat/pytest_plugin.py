@@ -12,7 +12,6 @@ Options (children, db_extra, flush, extra config lines) come from the fixture
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -95,7 +94,10 @@ class KamflatServer:
                                          environ=os.environ))
         except ConfigError:
             model = None
+        # What start() waits for: every FIFO and socket the config names is served.
+        self._places = [self.ingest_socket, self.mi_fifo]
         if model is not None:
+            self._places = [place.path for place in model.places()]
             self.mi_fifo = model.mi_fifo.path
             self.ingest_socket = model.ingest_socket.path
             self.acc_dir = model.db_dir
@@ -117,7 +119,7 @@ class KamflatServer:
             f.write(self.config_text())
 
     def start(self, timeout=15.0):
-        """Start the server; return once its ingest socket accepts connections."""
+        """Start the server; return once it serves every FIFO and socket of its config."""
         self.write_config()
         os.makedirs(self.acc_dir, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -125,25 +127,17 @@ class KamflatServer:
                 kamflat_command("serve", "-f", self.cfg_path), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, cwd=self.directory, env=child_env(),
                 start_new_session=True)
-        self.wait_for(self._ready, timeout, message="kamflat serve to accept on %s and read %s"
-                      % (self.ingest_socket, self.mi_fifo))
+        self.wait_for(self._ready, timeout, message="kamflat serve to serve %s"
+                      % ", ".join(self._places))
 
     def _ready(self):
-        """The ingest socket accepts and the MI FIFO has a reader (the socket can accept a
-        little before the management process has opened its FIFO)."""
+        """Every FIFO has a reader and every socket accepts (the ingest socket accepts a
+        little before the management process has opened its FIFOs and ctl sockets)."""
+        from kamflat.server.paths import live_holder
         if self.process.poll() is not None:
             raise RuntimeError("kamflat serve exited with status %s before it was ready:\n%s"
                                % (self.process.returncode, self.log()))
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(self.ingest_socket)
-            fifo = os.open(self.mi_fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader yet
-        except OSError:
-            return False
-        finally:
-            probe.close()
-        os.close(fifo)
-        return True
+        return all(live_holder(path) for path in self._places)
 
     def stop(self, timeout=10.0):
         """SIGTERM (a clean stop: everything accepted is on disk), SIGKILL if that hangs.
