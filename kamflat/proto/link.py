@@ -144,6 +144,10 @@ class Chunk:
         self.lines = payload.split(b"\n")
         if self.lines and self.lines[-1] == b"":
             self.lines.pop()
+        try:    # the same lines as text, for the writer's ingest.decode_text
+            self.texts = payload.decode().split("\n")[:len(self.lines)]
+        except UnicodeDecodeError:
+            self.texts = None     # a line that is not UTF-8: decode_line tells which
         self.pos = 0
         self.written = 0
         self.errors = []
