@@ -190,6 +190,10 @@ class Writer(ChildProcess):
             self.pending.append(Chunk(message.number, message.line, message.body))
         elif message.kind == "marker":
             self.tell_ingest(link.Message("reached"))
+        elif message.kind == "flush":
+            # A sender waits for its last lines: with flush=0 they would otherwise wait
+            # for BUFFER_AGE (everything before this message is inserted by now).
+            self.age_out_buffer(now=True)
         elif message.kind == "stop":
             # No more chunks will come: write what is here, and give up on what still
             # cannot be written once the grace is over, so every sender hears exactly.
