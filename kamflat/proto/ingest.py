@@ -105,7 +105,7 @@ def decode_line(line):
         raise IngestError("line longer than %d bytes" % MAX_LINE)
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested too deep)
         raise IngestError("not valid JSON: %s" % exc)
     if not isinstance(obj, dict):
         raise IngestError("expected a JSON object like {\"table\": ..., \"values\": [...]}")
