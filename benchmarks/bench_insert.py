@@ -6,8 +6,8 @@ into files in one temporary directory, for flush=1 and flush=0. Prints records/s
 and the median ratio kamflat/C (and, less sensitive to other jobs on the machine,
 kamflat's best round against C's best round). All timings cover the loop (building each
 record's values included, as the C loop formats its Call-ID) and the final close. kamflat
-runs as a `kamflat serve` writer does: with a rotation counter, checked before every
-insert. A naive Python loop and a floor (the same loop writing a line prepared
+runs as a `kamflat serve` writer does: without a rotation counter (rotation=None: a writer
+is told to rotate by a control message). A naive Python loop and a floor (the same loop writing a line prepared
 beforehand: the best any Python insert() could do here) run in the same rounds as
 reference points. The first round checks that C, kamflat and the naive loop wrote the
 same records, byte for byte apart from the time column.
@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import kamflat  # noqa: E402  (after the path set-up, to use this checkout)
-from kamflat.flatstore.connection import RotationCounter  # noqa: E402
 
 # The recorded copy in this checkout, else the shared one beside the repository.
 FLATLOOP_CANDIDATES = [
@@ -55,9 +54,7 @@ def run_kamflat(directory, records, flush):
     """The same record as flatloop.c: fixed strings, a Call-ID from the counter, code 200
     and time(0) as numbers."""
     now = time.time
-    rotation = RotationCounter()
-    conn = kamflat.connect("flatstore:" + directory, rank=1, flush=bool(flush),
-                           rotation=rotation)
+    conn = kamflat.connect("flatstore:" + directory, rank=1, flush=bool(flush))
     conn.use_table("acc")
     insert = conn.insert
     start = time.perf_counter()
@@ -67,7 +64,6 @@ def run_kamflat(directory, records, flush):
                       "alice", "example.com", "bob"])
     conn.close()
     seconds = time.perf_counter() - start
-    rotation.close()
     return records / seconds
 
 

@@ -2,7 +2,8 @@
 import pytest
 
 from kamflat.flatstore import record
-from kamflat.proto.ingest import IngestError, decode_line, encode_done, encode_error, split_lines
+from kamflat.proto.ingest import (IngestError, decode_line, decode_text, encode_done, encode_error,
+                                  split_lines)
 
 GOOD = [
     (b'{"table": "acc", "values": ["INVITE", 200, 1.5, null]}',
@@ -46,6 +47,7 @@ BAD = [
     (b'{"table": "acc", "values": [{"blob": "!!"}]}', "value 0: blob is not valid base64"),
     (b'{"table": "acc", "values": [{"bigint": "1"}]}', "value 0: bigint must be an integer"),
     (b'\xff\xfe', "not valid JSON"),
+    (b'{"table": "acc", "values": [%s]}' % (b"[" * 5000 + b"]" * 5000), "not valid JSON"),
 ]
 
 
@@ -54,6 +56,29 @@ def test_bad_lines_say_what_is_wrong(line, message):
     with pytest.raises(IngestError) as exc:
         decode_line(line)
     assert message in str(exc.value)
+
+
+TEXT_ONLY = [    # lines decode_text hands to decode_line: whitespace, BOMs, long lines
+    b' {"table": "acc", "values": []}', b'{"table": "acc", "values": []}\r',
+    b'\xef\xbb\xbf{"table": "acc", "values": [1]}',
+    b'{"table": "acc", "values": [1], "table": "b"}', b'"acc"', b'',
+    b'{"table": "acc", "values": ["%s"]}' % (b"x" * 70000),
+    b'{"table": "acc", "values": [' + b"[" * 5000 + b"]" * 5000 + b']}',
+]
+
+
+@pytest.mark.parametrize("line", [line for line, _ in GOOD + BAD if line != b"\xff\xfe"]
+                         + [b'{"table": "acc", "values": [{"datetime": 1}, true, -0.5]}']
+                         + TEXT_ONLY)
+def test_decode_text_is_decode_line(line):
+    """The writer's fast path: the same records and the same errors for the same line."""
+    def outcome(decode, arg):
+        try:
+            table, keys, values = decode(arg)
+        except IngestError as exc:
+            return type(exc), str(exc)
+        return table, keys, [(type(v), v) for v in values]
+    assert outcome(decode_text, line.decode()) == outcome(decode_line, line)
 
 
 def test_answers_and_line_splitting():

@@ -86,3 +86,20 @@ def test_check_files_tells_deleted_from_moved(tmp_path, fault, found):
     conn.insert(None, VALUES)                    # reopened by name
     assert path.read_bytes() == RECORD
     assert conn.written_count("acc") == 2 == shared.cell[0]
+
+
+def test_a_held_block_of_a_flush_1_connection_is_journaled_whole(tmp_path):
+    """hold() makes a flush=1 connection write a block (a writer's chunk): its journal
+    entry holds every record of it, and the one-record writes after it note only one."""
+    shared = Shared()
+    conn = shared.connect(tmp_path, flush=True)
+    conn.use_table("acc")
+    conn.hold()
+    for _ in range(3):
+        conn.insert(None, VALUES)
+    conn.hold(False)
+    assert conn.written_count("acc") == 0 and conn.taken_count("acc") == 3
+    conn.insert(None, VALUES)         # what hold() left buffered is written first, in order
+    assert conn.written_count("acc") == 4 and shared.cell[0] == 4
+    assert shared.journal[integrity.J_RECORDS] == 1 and shared.journal[J_END] == 0
+    assert (tmp_path / "acc_129.log").read_bytes() == RECORD * 4

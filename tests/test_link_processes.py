@@ -77,6 +77,16 @@ def test_flush_0_reports_a_chunk_only_after_its_block_write(tmp_path):
     rig.writer.settle()
     (report,) = rig.reports()
     assert report.key == (7, 1) and report.body.written == 10
+
+
+def test_flush_0_writes_at_once_when_the_ingest_says_a_sender_waits(tmp_path):
+    rig = Link(tmp_path, flush=0)
+    rig.hand(1, "a", 10)
+    rig.writer.step()
+    rig.writer.take(link.FLUSH)       # the sender ended its stream: no BUFFER_AGE wait
+    rig.writer.settle()
+    assert len(rig.file_lines()) == 10
+    assert [m.body.written for m in rig.reports()] == [10]
     assert len(rig.file_lines()) == 10 == rig.written()
 
 

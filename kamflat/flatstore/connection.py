@@ -48,8 +48,7 @@ _NO_ROTATION = memoryview(bytearray(8)).cast("Q")  # a connection without a coun
 log = logging.getLogger("kamflat.flatstore")
 
 
-def _private_cell(table):
-    """A written-records counter nobody else reads (a connection without statistics)."""
+def _private_cell(table):   # a written-records counter for a connection without statistics
     return memoryview(bytearray(8)).cast("Q")
 
 
@@ -151,10 +150,12 @@ class _TableFile:
         self.written += records
         self.cell[0] += records
         self.journal[J_END] = 0
+        self.journal[J_RECORDS] = 1   # what a one-record write leaves unsaid (insert())
 
     def resync(self):
         """After a failed write: where the file really ends now."""
         self.journal[J_END] = 0
+        self.journal[J_RECORDS] = 1
         if self.fd is not None:
             try:
                 self.end = os.fstat(self.fd).st_size
@@ -252,6 +253,7 @@ class FlatConnection:
         self._written_cell = written_cell or _private_cell
         self.rank = rank
         self.flush = bool(flush)
+        self._direct = self.flush  # insert() writes at once (flush=True and no hold())
         self._journal = journal if journal is not None else integrity.private_journal()
         if not self._journal[J_END]:    # else a predecessor's entry: repair_files() first
             self._set_journal_records()
@@ -303,13 +305,15 @@ class FlatConnection:
         if keys is not None and len(keys) != len(values):
             raise ValueError("insert into %s: %d keys but %d values"
                              % (table.path, len(keys), len(values)))
-        if self.flush:
+        if self._direct:
+            if table.pending:
+                table.write_pending()   # what hold() left buffered goes first
             fd = table.fd
             if fd is None:
                 fd = table.open()
             # table.note() and table.wrote(), inlined: this is the hot path
             journal, cell, end, size = self._journal, table.cell, table.end, len(line)
-            journal[J_INO] = table.ino      # (J_RECORDS is 1 for good: see __init__)
+            journal[J_INO] = table.ino      # (J_RECORDS is 1 between writes: see wrote())
             journal[J_BASE] = cell[0]
             journal[J_END] = end + size
             try:
@@ -338,6 +342,11 @@ class FlatConnection:
                 size = table.pending_size + len(line)
             table.pending.append(line)
             table.pending_size = size
+
+    def hold(self, held=True):
+        """flush=True: buffer the next inserts as flush=False does, until hold(False); then
+        write_buffered() writes them at once (a writer's chunk, reported after)."""
+        self._direct = self.flush and not held
 
     def _reopen_after_rotation(self):
         # Read the generation first: a rotation that comes while we close is seen next time.

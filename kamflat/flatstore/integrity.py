@@ -6,9 +6,10 @@
 - The write journal: before each write() the connection notes the file (inode), the
   written statistic before the write, where the write starts and ends and how many
   records it holds; END is stored last and cleared first, so a noted entry is always
-  whole (END is 0 between writes). A writer killed between its write() and its count (or in the middle of a
-  block) leaves the entry, and its successor counts what reached the file: every record
-  if the file reaches END, else the whole records before the cut.
+  whole (END is 0 between writes, and RECORDS 1, so a one-record write notes neither
+  RECORDS nor START). A writer killed between its write() and its count (or in the middle
+  of a block) leaves the entry, and its successor counts what reached the file: every
+  record if the file reaches END, else the whole records before the cut.
 - Where a file is: an open file whose name is gone (deleted) or whose path now names
   another file (moved, replaced).
 """

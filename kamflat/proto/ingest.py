@@ -105,7 +105,7 @@ def decode_line(line):
         raise IngestError("line longer than %d bytes" % MAX_LINE)
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested too deep)
         raise IngestError("not valid JSON: %s" % exc)
     if not isinstance(obj, dict):
         raise IngestError("expected a JSON object like {\"table\": ..., \"values\": [...]}")
@@ -125,6 +125,36 @@ def decode_line(line):
     if unknown:
         raise IngestError("unknown member(s) %s" % ", ".join(sorted(unknown)))
     return table, keys, [_value(v, i) for i, v in enumerate(values)]
+
+
+# What json.loads runs, without its wrappers (the bytes' encoding guessed, whitespace
+# skipped by regex): the same C scanner, configured as json.loads's default decoder.
+_scan_once = json.JSONDecoder().scan_once
+# The types JSON scalars decode to: _value() passes them through unchanged.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+# A text line of at most this many characters is at most MAX_LINE bytes of UTF-8.
+_FAST_MAX = MAX_LINE // 4
+
+
+def decode_text(text):
+    """decode_line() for a line given as text (its UTF-8 bytes, decoded strictly): the
+    same (table, keys, values), or the same IngestError.
+
+    The usual line, one JSON object holding just "table" and "values", with scalar values
+    and nothing around it, is decoded here by json's scanner directly (a writer's hot path);
+    any other line takes decode_line, which says what is wrong with it.
+    """
+    if len(text) <= _FAST_MAX:
+        try:
+            obj, end = _scan_once(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            obj = end = None
+        if end == len(text) and obj.__class__ is dict and len(obj) == 2:
+            table, values = obj.get("table"), obj.get("values")
+            if (table.__class__ is str and table and values.__class__ is list
+                    and _SCALARS.issuperset(map(type, values))):
+                return table, None, values
+    return decode_line(text.encode())
 
 
 def encode_error(line_no, message):

@@ -8,6 +8,9 @@ then a body. One encoding both ways and for rotation too:
     marker    ingest -> writer    -             -             -   "say when you get here"
     stop      ingest -> writer    -             -             -   no more chunks: finish or
                                                                   give up within the grace
+    flush     ingest -> writer    -             -             -   a sender ended its stream
+                                                                  and waits: write what
+                                                                  flush=0 holds back now
     hello     writer -> ingest    rank          -             -   a writer (re)started
     taken     writer -> ingest    connection    first line    -   it took this chunk
     reached   writer -> ingest    -             -             -   it got to the marker
@@ -33,7 +36,7 @@ HEADER = struct.Struct("!cQQ")
 MAX_REPORT_ERRORS = 1000      # per chunk; the rest are counted, not described
 
 KINDS = {   # name -> kind byte
-    "chunk": b"C", "marker": b"M", "stop": b"S",
+    "chunk": b"C", "marker": b"M", "stop": b"S", "flush": b"W",
     "hello": b"H", "taken": b"T", "reached": b"K", "report": b"R",
     "rotate": b"O", "rotated": b"D", "failed": b"F",
 }
@@ -126,6 +129,7 @@ def chunk_key(packet):
 
 MARKER = encode(Message("marker"))
 STOP = encode(Message("stop"))
+FLUSH = encode(Message("flush"))
 
 
 # ---- a chunk, as a writer works through it -----------------------------------------------
@@ -144,6 +148,10 @@ class Chunk:
         self.lines = payload.split(b"\n")
         if self.lines and self.lines[-1] == b"":
             self.lines.pop()
+        try:    # the same lines as text, for the writer's ingest.decode_text
+            self.texts = payload.decode().split("\n")[:len(self.lines)]
+        except UnicodeDecodeError:
+            self.texts = None     # a line that is not UTF-8: decode_line tells which
         self.pos = 0
         self.written = 0
         self.errors = []

@@ -59,6 +59,7 @@ class Ingest(ChildProcess, AcceptGate):
         self.next_writer = 0
         self.counter = 0
         self.stopping = False
+        self.flush_due = False      # a sender ended its stream: tell the writers `flush`
         self.sel = selectors.DefaultSelector()
 
     def run(self):
@@ -85,6 +86,8 @@ class Ingest(ChildProcess, AcceptGate):
                 continue
             key.data(key.fileobj, events)
         self.dispatch()
+        if self.flush_due and not self.queue:
+            self.tell_flush()
         self.update_interest()
         if self.accept_again is not None and time.monotonic() >= self.accept_again:
             self.accept_again = None
@@ -125,6 +128,7 @@ class Ingest(ChildProcess, AcceptGate):
             self.end_of_stream(sender)
 
     def end_of_stream(self, sender):
+        self.flush_due = True           # flush=0 writers: write what they hold back
         if sender.state == "skipping":  # the too-long last line ends here
             sender.next_line += 1
         sender.goto("eof")
@@ -224,6 +228,18 @@ class Ingest(ChildProcess, AcceptGate):
                 break
             else:
                 return      # every writer is full: wait until one has room
+
+    def tell_flush(self):
+        """After the last chunk of a sender that ended its stream: every writer writes what
+        flush=0 holds back now, so the sender's answer need not wait a second for it."""
+        self.flush_due = False
+        for w in self.writers:
+            try:
+                w.send(link.FLUSH)
+            except BlockingIOError:
+                self.flush_due = True    # its queue is full: again on the next turn
+            except OSError:
+                pass                     # the writer is gone: nobody to tell
 
     def refuse_chunk(self, sender, message, reason):
         _, first_line = link.chunk_key(message)

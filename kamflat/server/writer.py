@@ -190,6 +190,10 @@ class Writer(ChildProcess):
             self.pending.append(Chunk(message.number, message.line, message.body))
         elif message.kind == "marker":
             self.tell_ingest(link.Message("reached"))
+        elif message.kind == "flush":
+            # A sender waits for its last lines: with flush=0 they would otherwise wait
+            # for BUFFER_AGE (everything before this message is inserted by now).
+            self.age_out_buffer(now=True)
         elif message.kind == "stop":
             # No more chunks will come: write what is here, and give up on what still
             # cannot be written once the grace is over, so every sender hears exactly.
@@ -279,30 +283,62 @@ class Writer(ChildProcess):
         self.retry_at = 0.0
 
     def write_chunk(self, chunk):
-        conn, lines, starts = self.conn, chunk.lines, chunk.starts
-        if chunk.pos < chunk.redo_until:
-            self.rewrite_lines(chunk)
-        last = None
-        while chunk.pos < len(lines):
+        """Insert the chunk's lines from where it got to. With flush=1 too they are held
+        in the connection's buffer and handed to the OS by one write() at the end (the
+        chunk is reported only after it). A failed write raises FlatstoreError: the
+        lines not inserted stay where they are, those held stay held, and the next call
+        goes on from there."""
+        conn = self.conn
+        conn.hold()
+        try:
+            if chunk.pos < chunk.redo_until:
+                self.rewrite_lines(chunk)
+            self.insert_lines(chunk)
+        finally:
+            conn.hold(False)
+        if conn.flush:
             try:
-                table, keys, values = ingestwire.decode_line(lines[chunk.pos])
-                if table != last:
-                    conn.use_table(table)
-                    if table not in starts:
-                        starts[table] = conn.taken_count(table)
-                    last = table
-                conn.insert(keys, values)
+                conn.write_buffered()
             except FlatstoreError:
-                self.state.add("flatstore", table + "_failed")
-                raise   # the line stays where it is and is retried
-            except (ingestwire.IngestError, ValueError, TypeError) as exc:
-                # A line that can never be written: say why, go on with the next.
-                chunk.refuse(chunk.pos, str(exc))
-            else:
-                chunk.written += 1
-            chunk.pos += 1
-        chunk.marks = {table: conn.taken_count(table) for table in starts}
+                for table in chunk.starts:
+                    if conn.taken_count(table) > conn.written_count(table):
+                        self.state.add("flatstore", table + "_failed")
+                raise
+        chunk.marks = {table: conn.taken_count(table) for table in chunk.starts}
         self.unsynced.append(chunk)
+
+    def insert_lines(self, chunk):
+        """The lines from chunk.pos on, in order; a line that can never be written is
+        refused with its reason. (The writer's hot path: one pass, local names.)"""
+        conn, starts = self.conn, chunk.starts
+        use_table, insert, taken_count = conn.use_table, conn.insert, conn.taken_count
+        if chunk.texts is not None:
+            lines, decode = chunk.texts, ingestwire.decode_text
+        else:
+            lines, decode = chunk.lines, ingestwire.decode_line
+        pos, end, written, last, table = chunk.pos, len(lines), 0, None, None
+        try:
+            while pos < end:
+                try:
+                    table, keys, values = decode(lines[pos])
+                    if table != last:
+                        use_table(table)
+                        if table not in starts:
+                            starts[table] = taken_count(table)
+                        last = table
+                    insert(keys, values)
+                except FlatstoreError:
+                    self.state.add("flatstore", table + "_failed")
+                    raise   # the line stays where it is and is retried
+                except (ingestwire.IngestError, ValueError, TypeError) as exc:
+                    # A line that can never be written: say why, go on with the next.
+                    chunk.refuse(pos, str(exc))
+                else:
+                    written += 1
+                pos += 1
+        finally:
+            chunk.pos = pos
+            chunk.written += written
 
     def rewrite_lines(self, chunk):
         """Lines before redo_until were inserted once into a file that was deleted since:
