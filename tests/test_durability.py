@@ -86,7 +86,11 @@ def test_writers_killed_under_load_lose_nothing_acknowledged(tmp_path, flush):
     lines = tally.file_lines(server.acc)
     counted = figures(results, lines)
     assert_nothing_lost(counted)
-    assert counted["acknowledged"] < counted["sent"]     # the killed writers' chunks
+    # A kill refuses the lines of the chunks its writer held (in the ingest's log); a kill
+    # that found its writer between chunks refuses nothing. Which one happens is up to
+    # timing; that the answers match it is not.
+    refused = "the writer died while writing these lines" in server.log()
+    assert (counted["acknowledged"] < counted["sent"]) == refused, counted
     assert written == counted["on disk"]
 
 
