@@ -17,7 +17,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from kamflat.proto.sipaddr import AddrError, parse_name_addr, parse_name_addr_once
+from kamflat.proto.sipaddr import AddrError, parse_name_addr
 
 # Compact forms (RFC 3261 7.3.3 and later RFCs) -> the full lowercase name.
 COMPACT = {
@@ -97,7 +97,7 @@ class Request:
         would reject it."""
         if self._from is None:
             try:
-                self._from = parse_name_addr_once(self.from_value)
+                self._from = parse_name_addr(self.from_value)
             except AddrError as e:
                 raise SipError("bad_from", "bad From header: %s" % e) from None
         return self._from
@@ -152,28 +152,35 @@ def parse_request(data):
         pos = m.end()
     else:
         method, uri, pos = _request_line(text)
-    lines, keys, first = _split_headers(text, pos)
+    lines, keys, first, folded = _split_headers(text, pos)
     try:
         via, to, cseq = first["via"], first["to"], first["cseq"]
         call_id, from_ = first["call-id"], first["from"]
     except KeyError:
         _missing_header(first)
-    via1 = parse_via(_value(via[2]))
+    if folded:
+        via, to, cseq, call_id, from_ = [_value(line[2])
+                                          for line in (via, to, cseq, call_id, from_)]
+    else:       # _value() without folding, inlined: this is the hot path
+        via = via[2].lstrip(_LWS).rstrip(_BLANKS)
+        to = to[2].lstrip(_LWS).rstrip(_BLANKS)
+        cseq = cseq[2].lstrip(_LWS).rstrip(_BLANKS)
+        call_id = call_id[2].lstrip(_LWS).rstrip(_BLANKS)
+        from_ = from_[2].lstrip(_LWS).rstrip(_BLANKS)
+    via1 = parse_via(via)
     if keys.count("via") > 1:
         for key, line in zip(keys, lines):
-            if key == "via" and line is not via:
+            if key == "via" and line is not first["via"]:
                 parse_via(_value(line[2]))
-    to_value = _value(to[2])
     try:
-        to = parse_name_addr(to_value)
+        to_addr = parse_name_addr(to)
     except AddrError as e:
         raise SipError("bad_header", "bad To header: %s" % e) from None
-    cseq = _value(cseq[2])
     m = _CSEQ_RE.match(cseq)
     if not m:
         raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
-    return Request(method, uri, lines, keys, first, to, to_value, _value(from_[2]),
-                   _value(call_id[2]), m.group(1), m.group(2), via1)
+    return Request(method, uri, lines, keys, first, to_addr, to, from_, call_id,
+                   m.group(1), m.group(2), via1)
 
 
 def _missing_header(first):
@@ -199,10 +206,11 @@ def _request_line(text):
 
 
 def _split_headers(text, pos):
-    """(lines, keys, {key: first line}) of the header block at `pos` (see Request)."""
+    """(lines, keys, {key: first line}, whether a line is folded) of the header block at
+    `pos` (see Request)."""
     # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
     if pos < len(text) and text[pos] in "\r\n":
-        return [], [], {}
+        return [], [], {}, False
     end = text.find("\n\r\n", pos)
     lf = text.find("\n\n", pos, None if end < 0 else end + 1)
     if lf >= 0:
@@ -213,7 +221,8 @@ def _split_headers(text, pos):
         block = text[pos:]
         if not block.endswith("\n"):
             block += "\n"                        # datagram cut inside a header
-    if "\n " in block or "\n\t" in block:
+    folded = "\n " in block or "\n\t" in block
+    if folded:
         lines = _HEADER_RE.findall(block)      # continuation lines
     else:
         lines = [line.partition(":") for line in block[:-1].split("\n")]
@@ -225,11 +234,11 @@ def _split_headers(text, pos):
     if length is not None:              # every Content-Length must be a number
         if keys.count("content-length") == 1:
             if _value(length[2]).isdigit():
-                return lines, keys, first
+                return lines, keys, first, folded
         for key, line in zip(keys, lines):
             if key == "content-length" and not _value(line[2]).isdigit():
                 raise SipError("bad_header", "bad Content-Length %r" % _value(line[2])[:40])
-    return lines, keys, first
+    return lines, keys, first, folded
 
 
 def _new_keys(lines, keys, block):
@@ -314,24 +323,28 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
             if line is via1:
                 out.append(_via1_for_reply(line, request.via1, source))
             elif line is to:
-                out.append(_insert_after_value(line, request.to_value, ";tag=" + to_tag))
+                out.append(_insert_after_value(line, ";tag=" + to_tag))
             else:
                 out += line
-                out.append("\n")
+                out += _LF
         elif key == "record-route" and record_route:
             out += line
-            out.append("\n")
+            out += _LF
     if server:
         out.append("Server: %s\r\n" % server)
     out.append("Content-Length: 0\r\n\r\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def _insert_after_value(line, value, text):
-    """The header as sent with `text` inserted right after its value (_value())."""
+_LF = ("\n",)
+
+
+def _insert_after_value(line, text):
+    """The header as sent with `text` inserted right after its value (_value()), that
+    is after the last character of the line that is not white space."""
     name, colon, after = line
-    pos = after.find(value) + len(value)
-    return "%s%s%s%s%s\n" % (name, colon, after[:pos], text, after[pos:])
+    body = after.rstrip(_BLANKS)
+    return "%s%s%s%s%s\n" % (name, colon, body, text, after[len(body):])
 
 
 _RPORT = re.compile(r";[ \t]*+rport(=[0-9]*+)?+(?=[;, \t\r\n]|\Z)", re.I)
@@ -342,12 +355,15 @@ def _via1_for_reply(line, via, source):
         source = (via.host, via.port)
     ip, port = source[0], source[1]
     name, colon, after = line
+    rport = "rport" in via.params
+    if not rport and via.host.strip("[]") == ip:
+        # The Via as sent, its value ending the text after the ':' (see _value()).
+        # Kamailio rebuilds the top Via with a CR LF line end even when the request
+        # used LF
+        return "%s%s%s\r\n" % (name, colon, after.rstrip(_BLANKS))
     full = via.value
     value = full[:via.end]
-    rport = "rport" in via.params
     if rport:
         value = _RPORT.sub(";rport=%d" % port, value, count=1)
-    if rport or via.host.strip("[]") != ip:
-        value = value.rstrip(_BLANKS) + ";received=" + ("[%s]" % ip if ":" in ip else ip)
-    # Kamailio rebuilds the top Via with a CR LF line end even when the request used LF
+    value = value.rstrip(_BLANKS) + ";received=" + ("[%s]" % ip if ":" in ip else ip)
     return "%s%s%s%s%s\r\n" % (name, colon, after[:after.find(full)], value, full[via.end:])
