@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from kamflat.proto.sipaddr import AddrError, parse_name_addr
+from kamflat.proto.sipuri import memoised
 
 # Compact forms (RFC 3261 7.3.3 and later RFCs) -> the full lowercase name.
 COMPACT = {
@@ -267,10 +268,30 @@ _KEYS = {}     # header name as written (before ':') -> header_key(name)
 
 def parse_via(value):
     """The first via of a Via header value: sent-by and parameters. SipError if bad."""
+    # The same sent-by and parameters come again and again, each time with a new
+    # branch: when the value ends in a ;branch= that _VIA_RE takes, the part before it
+    # is looked up in a memo. (Appending such a parameter to a value _VIA_RE takes whole
+    # gives one it takes whole, with one more parameter; the first of a name counts.)
+    head, sep, branch = value.rpartition(";branch=")
+    if sep and _BRANCH_VALUE.match(branch):
+        known = _via_head_seen(head)
+        if known:
+            host, port, params = known
+            params = dict(params)
+            params.setdefault("branch", branch)
+            return Via(host, port, params, len(value), value)
+    via = _parse_via(value)
+    if via is None:
+        raise SipError("bad_header", "bad Via %r" % value[:60])
+    return via
+
+
+def _parse_via(value):
+    """parse_via(), or None when the value is bad."""
     m = _VIA_RE.match(value)
     end = m.end() if m else 0
     if not m or (end < len(value) and value[end] != ","):
-        raise SipError("bad_header", "bad Via %r" % value[:60])
+        return None
     host, port, param_text = m.groups()
     params = {}
     for param in param_text.split(";")[1:]:
@@ -279,6 +300,16 @@ def parse_via(value):
         if name not in params:
             params[name] = pval if eq else None
     return Via(host, int(port) if port else 0, params, end, value)
+
+
+def _parse_via_head(head):
+    """(host, port, params) of a Via value _VIA_RE takes whole, else False."""
+    via = _parse_via(head)
+    return (via.host, via.port, via.params) if via and via.end == len(head) else False
+
+
+_via_head_seen = memoised(_parse_via_head)
+_BRANCH_VALUE = re.compile(r"[^;, \t\r\n]*+\Z")     # a parameter _VIA_RE ends with
 
 
 # --- replies ---------------------------------------------------------------------
