@@ -72,7 +72,8 @@ class Request:
     uri: str
     lines: list                    # (name, ':', text after it) per header, in order
     keys: list                     # header_key() of each of `lines`
-    first: dict                    # key -> the first of `lines` with that key
+    via_line: tuple                # the first of `lines` that is a Via, and a To
+    to_line: tuple
     to: object                     # NameAddr, parsed at once as Kamailio does
     to_value: str
     from_value: str
@@ -85,8 +86,8 @@ class Request:
 
     def header(self, key):
         """The first header whose key (see header_key) is `key`, else None."""
-        line = self.first.get(key)
-        return None if line is None else _header(key, line)
+        keys = self.keys
+        return _header(key, self.lines[keys.index(key)]) if key in keys else None
 
     @property
     def headers(self):
@@ -153,25 +154,27 @@ def parse_request(data):
         pos = m.end()
     else:
         method, uri, pos = _request_line(text)
-    lines, keys, first, folded = _split_headers(text, pos)
+    lines, keys, folded = _split_headers(text, pos)
     try:
-        via, to, cseq = first["via"], first["to"], first["cseq"]
-        call_id, from_ = first["call-id"], first["from"]
-    except KeyError:
-        _missing_header(first)
+        # A few headers: finding them in the list is cheaper than a dict of them all.
+        via_line, to_line = lines[keys.index("via")], lines[keys.index("to")]
+        cseq, call_id = lines[keys.index("cseq")], lines[keys.index("call-id")]
+        from_ = lines[keys.index("from")]
+    except ValueError:
+        _missing_header(keys)
     if folded:
-        via, to, cseq, call_id, from_ = [_value(line[2])
-                                          for line in (via, to, cseq, call_id, from_)]
+        via, to, cseq, call_id, from_ = [_value(line[2]) for line in
+                                          (via_line, to_line, cseq, call_id, from_)]
     else:       # _value() without folding, inlined: this is the hot path
-        via = via[2].lstrip(_LWS).rstrip(_BLANKS)
-        to = to[2].lstrip(_LWS).rstrip(_BLANKS)
+        via = via_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        to = to_line[2].lstrip(_LWS).rstrip(_BLANKS)
         cseq = cseq[2].lstrip(_LWS).rstrip(_BLANKS)
         call_id = call_id[2].lstrip(_LWS).rstrip(_BLANKS)
         from_ = from_[2].lstrip(_LWS).rstrip(_BLANKS)
     via1 = parse_via(via)
     if keys.count("via") > 1:
         for key, line in zip(keys, lines):
-            if key == "via" and line is not first["via"]:
+            if key == "via" and line is not via_line:
                 parse_via(_value(line[2]))
     try:
         to_addr = parse_name_addr(to)
@@ -180,13 +183,13 @@ def parse_request(data):
     m = _CSEQ_RE.match(cseq)
     if not m:
         raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
-    return Request(method, uri, lines, keys, first, to_addr, to, from_, call_id,
+    return Request(method, uri, lines, keys, via_line, to_line, to_addr, to, from_, call_id,
                    m.group(1), m.group(2), via1)
 
 
-def _missing_header(first):
+def _missing_header(keys):
     for key, title in _REQUIRED:
-        if key not in first:
+        if key not in keys:
             raise SipError("missing_header", "no %s header" % title)
 
 
@@ -207,50 +210,50 @@ def _request_line(text):
 
 
 def _split_headers(text, pos):
-    """(lines, keys, {key: first line}, whether a line is folded) of the header block at
-    `pos` (see Request)."""
+    """(lines, keys, whether a line is folded) of the header block at `pos` (see
+    Request)."""
     # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
     if pos < len(text) and text[pos] in "\r\n":
-        return [], [], {}, False
+        return [], [], False
     end = text.find("\n\r\n", pos)
     lf = text.find("\n\n", pos, None if end < 0 else end + 1)
     if lf >= 0:
         end = lf
-    if end >= 0:
-        block = text[pos:end + 1]
-    else:
-        block = text[pos:]
-        if not block.endswith("\n"):
-            block += "\n"                        # datagram cut inside a header
+    elif end < 0:                       # no empty line: the datagram ends the block
+        end = len(text) - 1 if text.endswith("\n") else len(text)
+    block = text[pos:end]               # the header lines, without the last line end
     folded = "\n " in block or "\n\t" in block
     if folded:
-        lines = _HEADER_RE.findall(block)      # continuation lines
+        lines = _HEADER_RE.findall(block + "\n")      # continuation lines
     else:
-        lines = [line.partition(":") for line in block[:-1].split("\n")]
-    keys = [_KEYS.get(name) if colon else None for name, colon, _ in lines]
-    if None in keys:
-        keys = _new_keys(lines, keys, block)
-    first = dict(zip(reversed(keys), reversed(lines)))
-    length = first.get("content-length")
-    if length is not None:              # every Content-Length must be a number
-        if keys.count("content-length") == 1:
-            if _value(length[2]).isdigit():
-                return lines, keys, first, folded
+        lines = [line.partition(":") for line in block.split("\n")]
+    try:
+        keys = [_KEYS[name] for name, colon, _ in lines if colon]
+    except KeyError:                    # a name not seen before
+        keys = None
+    if keys is None or len(keys) < len(lines):
+        keys = _new_keys(lines, block)
+    n = keys.count("content-length")    # every Content-Length must be a number
+    if n:
+        if n == 1 and not folded:       # _value() inlined
+            after = lines[keys.index("content-length")][2]
+            if after.lstrip(_LWS).rstrip(_BLANKS).isdigit():
+                return lines, keys, folded
         for key, line in zip(keys, lines):
             if key == "content-length" and not _value(line[2]).isdigit():
                 raise SipError("bad_header", "bad Content-Length %r" % _value(line[2])[:40])
-    return lines, keys, first, folded
+    return lines, keys, folded
 
 
-def _new_keys(lines, keys, block):
-    """`keys` with the names not seen before worked out, or SipError: first for any
-    line without a name and ':', then for the first name that is no token (the order
-    Kamailio's parser finds them in)."""
+def _new_keys(lines, block):
+    """The keys of `lines`, names not seen before worked out, or SipError: first for
+    any line without a name and ':', then for the first name that is no token (the
+    order Kamailio's parser finds them in)."""
     for name, colon, _ in lines:
         if not colon or "\r" in name:
             raise SipError("bad_header", "a header line without a name and ':' in %r"
-                           % block[:60])
-    keys = list(keys)
+                           % (block + "\n")[:60])
+    keys = [_KEYS.get(name) for name, _, _ in lines]
     for i, key in enumerate(keys):
         if key is None:
             name = lines[i][0]
@@ -345,9 +348,8 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
     To tag added when the request has none, the top Via given received=/rport= when
     `source` (ip, port) says so, then Server and Content-Length: 0."""
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
-    first = request.first
-    via1 = first["via"]
-    to = first["to"] if to_tag and not request.to.tag else None
+    via1 = request.via_line
+    to = request.to_line if to_tag and not request.to.tag else None
     record_route = 180 <= code < 300
     for key, line in zip(request.keys, request.lines):
         if key in _COPIED:
