@@ -189,7 +189,9 @@ class AccHandler:
         if is_ack:
             reply = reply_to = None
         else:
-            reply = build_reply(request, code, reason, to_tag_for(request),
+            # (a To that has a tag keeps it: no tag to work out)
+            reply = build_reply(request, code, reason,
+                                "" if request.to.tag else to_tag_for(request),
                                 source=source, server=self.server)
             reply_to = reply_destination(request, source)
         if not accounted:
