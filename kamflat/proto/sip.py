@@ -158,19 +158,19 @@ def parse_request(data):
     try:
         # A few headers: finding them in the list is cheaper than a dict of them all.
         via_line, to_line = lines[keys.index("via")], lines[keys.index("to")]
-        cseq, call_id = lines[keys.index("cseq")], lines[keys.index("call-id")]
-        from_ = lines[keys.index("from")]
+        cseq_line, id_line = lines[keys.index("cseq")], lines[keys.index("call-id")]
+        from_line = lines[keys.index("from")]
     except ValueError:
         _missing_header(keys)
     if folded:
         via, to, cseq, call_id, from_ = [_value(line[2]) for line in
-                                          (via_line, to_line, cseq, call_id, from_)]
+                                          (via_line, to_line, cseq_line, id_line, from_line)]
     else:       # _value() without folding, inlined: this is the hot path
         via = via_line[2].lstrip(_LWS).rstrip(_BLANKS)
         to = to_line[2].lstrip(_LWS).rstrip(_BLANKS)
-        cseq = cseq[2].lstrip(_LWS).rstrip(_BLANKS)
-        call_id = call_id[2].lstrip(_LWS).rstrip(_BLANKS)
-        from_ = from_[2].lstrip(_LWS).rstrip(_BLANKS)
+        cseq = cseq_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        call_id = id_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        from_ = from_line[2].lstrip(_LWS).rstrip(_BLANKS)
     via1 = parse_via(via)
     if keys.count("via") > 1:
         for key, line in zip(keys, lines):
