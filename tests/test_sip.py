@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from kamflat.acc import pv as pvar
 
-from kamflat.proto import sipaddr, sipuri
+from kamflat.proto import sip, sipaddr, sipuri
 from kamflat.acc.logic import AccHandler
 from kamflat.proto.sip import SipError, build_reply, parse_request, reply_destination
 from kamflat.proto.sipaddr import parse_name_addr
@@ -144,6 +144,46 @@ def test_fast_paths_agree_with_kamailio_state_machines(tail, head):
     uri = "sip:" + tail
     assert _outcome(sipuri._parse_uri, uri) == _outcome(sipuri._parse_uri_slow, uri)
     assert _outcome(sipuri.parse_uri, uri) == _outcome(sipuri._parse_uri_slow, uri)
+
+
+_VIA_CHARS = st.sampled_from(list(" \t;,=:[]/.x1") + ["\r\n ", "SIP/2.0/UDP ", "h", ";rport",
+                                                       ";branch=", "\u00fc", "5060"])
+
+
+def _via_outcome(value):
+    try:
+        v = sip.parse_via(value)
+    except SipError:
+        return "error"
+    return v.host, v.port, v.params, v.end, v.value
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(["SIP/2.0/UDP h", "SIP/2.0/UDP 1.2.3.4:5060;rport", "SIP/2.0/TCP [::1]",
+                        "SIP / 2.0 / UDP h ; x", ""]),
+       st.lists(_VIA_CHARS, max_size=12).map("".join),
+       st.lists(_VIA_CHARS, max_size=6).map("".join))
+def test_via_memo_agrees_with_the_via_regex(head, middle, branch):
+    """parse_via's memo of the part before a last ;branch= gives what _VIA_RE gives."""
+    value = head + middle + ";branch=" + branch
+    direct = sip._parse_via(value)
+    expected = "error" if direct is None else (direct.host, direct.port, direct.params,
+                                               direct.end, direct.value)
+    assert _via_outcome(value) == expected
+    assert _via_outcome(value) == expected      # the memo, now filled
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_ADDR_CHARS, max_size=20).map("".join),
+       st.sampled_from(['"D" <sip:u@h>', "<sip:a@b.c:5>", "A B <sip:u@h;x=1>", "<sip:u@h>;p"]),
+       st.lists(_ADDR_CHARS, max_size=5).map("".join))
+def test_name_addr_memo_agrees_with_the_state_machine(middle, head, tag):
+    """parse_name_addr's memo of the part before a last ;tag= gives the state machine's
+    result."""
+    value = (head + middle + ";tag=" + tag).strip(" \t\r\n")
+    for _ in range(2):                           # parsed, then from the memo
+        assert _outcome(sipaddr.parse_name_addr, value) == \
+            _outcome(sipaddr._parse_name_addr_slow, value)
 
 
 # --- pseudo-variables -------------------------------------------------------------

@@ -42,7 +42,7 @@ PER_METHOD = {"ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OP
                "PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"}
 
 
-class Outcome(tuple):
+class Outcome:
     """What handle() decided. Unpacks as the pair `reply, records`:
 
     reply     bytes to send, None for ACK and dropped datagrams
@@ -51,15 +51,22 @@ class Outcome(tuple):
               port unless the Via has rport, as Kamailio's sl does)
     reason    why the datagram was dropped or not accounted (for the log), else None
     """
+    # Slots, not a tuple with attributes: one is made per datagram, and a tuple subclass
+    # would carry a __dict__ for reply_to and reason.
+    __slots__ = ("reply", "records", "reply_to", "reason")
 
-    def __new__(cls, reply, records, reply_to=None, reason=None):
-        self = tuple.__new__(cls, (reply, records))
+    def __init__(self, reply, records, reply_to=None, reason=None):
+        self.reply = reply
+        self.records = records
         self.reply_to = reply_to
         self.reason = reason
-        return self
 
-    reply = property(lambda self: self[0])
-    records = property(lambda self: self[1])
+    def __iter__(self):
+        return iter((self.reply, self.records))
+
+    def __repr__(self):
+        return "Outcome(%r, %r, %r, %r)" % (self.reply, self.records, self.reply_to,
+                                            self.reason)
 
 
 class ParamError(ValueError):
@@ -182,7 +189,9 @@ class AccHandler:
         if is_ack:
             reply = reply_to = None
         else:
-            reply = build_reply(request, code, reason, to_tag_for(request),
+            # (a To that has a tag keeps it: no tag to work out)
+            reply = build_reply(request, code, reason,
+                                "" if request.to.tag else to_tag_for(request),
                                 source=source, server=self.server)
             reply_to = reply_destination(request, source)
         if not accounted:

@@ -59,42 +59,41 @@ def parse_db_extra(text, check=True):
     return pairs
 
 
-def _parsed_uri(request, which):
-    """The From, To or Request URI parsed (Uri), None when it does not parse; once per
-    request."""
-    cache = request.cache
-    if which in cache:
-        return cache[which]
-    if which == "from":
-        addr = _from(request)
-        uri = addr.uri if addr else None
-    else:
-        uri = request.to.uri if which == "to" else request.uri
-    try:
-        parsed = parse_uri(uri) if uri is not None else None
-    except AddrError:
-        parsed = None
-    cache[which] = parsed
-    return parsed
-
-
-def _uri_part(which, part):
-    """An evaluator of the user or host of the From, To or Request URI."""
-    index = Uri._fields.index(part)
-
-    def evaluate(request, source):
-        parsed = request.cache.get(which)
-        if parsed is None:
-            parsed = _parsed_uri(request, which)
-        return (parsed[index] or None) if parsed else None
-    return evaluate
-
-
 def _from(request):
     try:
         return request.from_addr()
     except SipError:
         return None
+
+
+def _from_uri(request):
+    try:
+        return request.from_addr().uri
+    except SipError:
+        return None
+
+
+_URI_OF = {"from": _from_uri, "to": lambda r: r.to.uri, "ruri": lambda r: r.uri}
+
+
+def _uri_part(which, part):
+    """An evaluator of the user or host of the From, To or Request URI (the URI parsed
+    once per request, None when it does not parse)."""
+    index = Uri._fields.index(part)
+    uri_of = _URI_OF[which]
+
+    def evaluate(request, source):
+        cache = request.cache
+        parsed = cache.get(which, cache)           # the cache itself: not parsed yet
+        if parsed is cache:
+            uri = uri_of(request)
+            try:
+                parsed = parse_uri(uri) if uri is not None else None
+            except AddrError:
+                parsed = None
+            cache[which] = parsed
+        return (parsed[index] or None) if parsed else None
+    return evaluate
 
 
 def _header(request, key):

@@ -17,7 +17,8 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from kamflat.proto.sipaddr import AddrError, parse_name_addr, parse_name_addr_once
+from kamflat.proto.sipaddr import AddrError, parse_name_addr
+from kamflat.proto.sipuri import memoised
 
 # Compact forms (RFC 3261 7.3.3 and later RFCs) -> the full lowercase name.
 COMPACT = {
@@ -71,7 +72,8 @@ class Request:
     uri: str
     lines: list                    # (name, ':', text after it) per header, in order
     keys: list                     # header_key() of each of `lines`
-    first: dict                    # key -> the first of `lines` with that key
+    via_line: tuple                # the first of `lines` that is a Via, and a To
+    to_line: tuple
     to: object                     # NameAddr, parsed at once as Kamailio does
     to_value: str
     from_value: str
@@ -84,8 +86,8 @@ class Request:
 
     def header(self, key):
         """The first header whose key (see header_key) is `key`, else None."""
-        line = self.first.get(key)
-        return None if line is None else _header(key, line)
+        keys = self.keys
+        return _header(key, self.lines[keys.index(key)]) if key in keys else None
 
     @property
     def headers(self):
@@ -97,7 +99,7 @@ class Request:
         would reject it."""
         if self._from is None:
             try:
-                self._from = parse_name_addr_once(self.from_value)
+                self._from = parse_name_addr(self.from_value)
             except AddrError as e:
                 raise SipError("bad_from", "bad From header: %s" % e) from None
         return self._from
@@ -152,33 +154,42 @@ def parse_request(data):
         pos = m.end()
     else:
         method, uri, pos = _request_line(text)
-    lines, keys, first = _split_headers(text, pos)
+    lines, keys, folded = _split_headers(text, pos)
     try:
-        via, to, cseq = first["via"], first["to"], first["cseq"]
-        call_id, from_ = first["call-id"], first["from"]
-    except KeyError:
-        _missing_header(first)
-    via1 = parse_via(_value(via[2]))
+        # A few headers: finding them in the list is cheaper than a dict of them all.
+        via_line, to_line = lines[keys.index("via")], lines[keys.index("to")]
+        cseq_line, id_line = lines[keys.index("cseq")], lines[keys.index("call-id")]
+        from_line = lines[keys.index("from")]
+    except ValueError:
+        _missing_header(keys)
+    if folded:
+        via, to, cseq, call_id, from_ = [_value(line[2]) for line in
+                                          (via_line, to_line, cseq_line, id_line, from_line)]
+    else:       # _value() without folding, inlined: this is the hot path
+        via = via_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        to = to_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        cseq = cseq_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        call_id = id_line[2].lstrip(_LWS).rstrip(_BLANKS)
+        from_ = from_line[2].lstrip(_LWS).rstrip(_BLANKS)
+    via1 = parse_via(via)
     if keys.count("via") > 1:
         for key, line in zip(keys, lines):
-            if key == "via" and line is not via:
+            if key == "via" and line is not via_line:
                 parse_via(_value(line[2]))
-    to_value = _value(to[2])
     try:
-        to = parse_name_addr(to_value)
+        to_addr = parse_name_addr(to)
     except AddrError as e:
         raise SipError("bad_header", "bad To header: %s" % e) from None
-    cseq = _value(cseq[2])
     m = _CSEQ_RE.match(cseq)
     if not m:
         raise SipError("bad_header", "bad CSeq %r" % cseq[:40])
-    return Request(method, uri, lines, keys, first, to, to_value, _value(from_[2]),
-                   _value(call_id[2]), m.group(1), m.group(2), via1)
+    return Request(method, uri, lines, keys, via_line, to_line, to_addr, to, from_, call_id,
+                   m.group(1), m.group(2), via1)
 
 
-def _missing_header(first):
+def _missing_header(keys):
     for key, title in _REQUIRED:
-        if key not in first:
+        if key not in keys:
             raise SipError("missing_header", "no %s header" % title)
 
 
@@ -199,48 +210,50 @@ def _request_line(text):
 
 
 def _split_headers(text, pos):
-    """(lines, keys, {key: first line}) of the header block at `pos` (see Request)."""
+    """(lines, keys, whether a line is folded) of the header block at `pos` (see
+    Request)."""
     # The header block ends at the first empty line (CR LF or LF), as in Kamailio.
     if pos < len(text) and text[pos] in "\r\n":
-        return [], [], {}
+        return [], [], False
     end = text.find("\n\r\n", pos)
     lf = text.find("\n\n", pos, None if end < 0 else end + 1)
     if lf >= 0:
         end = lf
-    if end >= 0:
-        block = text[pos:end + 1]
+    elif end < 0:                       # no empty line: the datagram ends the block
+        end = len(text) - 1 if text.endswith("\n") else len(text)
+    block = text[pos:end]               # the header lines, without the last line end
+    folded = "\n " in block or "\n\t" in block
+    if folded:
+        lines = _HEADER_RE.findall(block + "\n")      # continuation lines
     else:
-        block = text[pos:]
-        if not block.endswith("\n"):
-            block += "\n"                        # datagram cut inside a header
-    if "\n " in block or "\n\t" in block:
-        lines = _HEADER_RE.findall(block)      # continuation lines
-    else:
-        lines = [line.partition(":") for line in block[:-1].split("\n")]
-    keys = [_KEYS.get(name) if colon else None for name, colon, _ in lines]
-    if None in keys:
-        keys = _new_keys(lines, keys, block)
-    first = dict(zip(reversed(keys), reversed(lines)))
-    length = first.get("content-length")
-    if length is not None:              # every Content-Length must be a number
-        if keys.count("content-length") == 1:
-            if _value(length[2]).isdigit():
-                return lines, keys, first
+        lines = [line.partition(":") for line in block.split("\n")]
+    try:
+        keys = [_KEYS[name] for name, colon, _ in lines if colon]
+    except KeyError:                    # a name not seen before
+        keys = None
+    if keys is None or len(keys) < len(lines):
+        keys = _new_keys(lines, block)
+    n = keys.count("content-length")    # every Content-Length must be a number
+    if n:
+        if n == 1 and not folded:       # _value() inlined
+            after = lines[keys.index("content-length")][2]
+            if after.lstrip(_LWS).rstrip(_BLANKS).isdigit():
+                return lines, keys, folded
         for key, line in zip(keys, lines):
             if key == "content-length" and not _value(line[2]).isdigit():
                 raise SipError("bad_header", "bad Content-Length %r" % _value(line[2])[:40])
-    return lines, keys, first
+    return lines, keys, folded
 
 
-def _new_keys(lines, keys, block):
-    """`keys` with the names not seen before worked out, or SipError: first for any
-    line without a name and ':', then for the first name that is no token (the order
-    Kamailio's parser finds them in)."""
+def _new_keys(lines, block):
+    """The keys of `lines`, names not seen before worked out, or SipError: first for
+    any line without a name and ':', then for the first name that is no token (the
+    order Kamailio's parser finds them in)."""
     for name, colon, _ in lines:
         if not colon or "\r" in name:
             raise SipError("bad_header", "a header line without a name and ':' in %r"
-                           % block[:60])
-    keys = list(keys)
+                           % (block + "\n")[:60])
+    keys = [_KEYS.get(name) for name, _, _ in lines]
     for i, key in enumerate(keys):
         if key is None:
             name = lines[i][0]
@@ -258,10 +271,30 @@ _KEYS = {}     # header name as written (before ':') -> header_key(name)
 
 def parse_via(value):
     """The first via of a Via header value: sent-by and parameters. SipError if bad."""
+    # The same sent-by and parameters come again and again, each time with a new
+    # branch: when the value ends in a ;branch= that _VIA_RE takes, the part before it
+    # is looked up in a memo. (Appending such a parameter to a value _VIA_RE takes whole
+    # gives one it takes whole, with one more parameter; the first of a name counts.)
+    head, sep, branch = value.rpartition(";branch=")
+    if sep and _BRANCH_VALUE.match(branch):
+        known = _via_head_seen(head)
+        if known:
+            host, port, params = known
+            params = dict(params)
+            params.setdefault("branch", branch)
+            return Via(host, port, params, len(value), value)
+    via = _parse_via(value)
+    if via is None:
+        raise SipError("bad_header", "bad Via %r" % value[:60])
+    return via
+
+
+def _parse_via(value):
+    """parse_via(), or None when the value is bad."""
     m = _VIA_RE.match(value)
     end = m.end() if m else 0
     if not m or (end < len(value) and value[end] != ","):
-        raise SipError("bad_header", "bad Via %r" % value[:60])
+        return None
     host, port, param_text = m.groups()
     params = {}
     for param in param_text.split(";")[1:]:
@@ -270,6 +303,16 @@ def parse_via(value):
         if name not in params:
             params[name] = pval if eq else None
     return Via(host, int(port) if port else 0, params, end, value)
+
+
+def _parse_via_head(head):
+    """(host, port, params) of a Via value _VIA_RE takes whole, else False."""
+    via = _parse_via(head)
+    return (via.host, via.port, via.params) if via and via.end == len(head) else False
+
+
+_via_head_seen = memoised(_parse_via_head)
+_BRANCH_VALUE = re.compile(r"[^;, \t\r\n]*+\Z")     # a parameter _VIA_RE ends with
 
 
 # --- replies ---------------------------------------------------------------------
@@ -305,33 +348,36 @@ def build_reply(request, code, reason, to_tag, *, source=None, server="kamflat")
     To tag added when the request has none, the top Via given received=/rport= when
     `source` (ip, port) says so, then Server and Content-Length: 0."""
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
-    first = request.first
-    via1 = first["via"]
-    to = first["to"] if to_tag and not request.to.tag else None
+    via1 = request.via_line
+    to = request.to_line if to_tag and not request.to.tag else None
     record_route = 180 <= code < 300
     for key, line in zip(request.keys, request.lines):
         if key in _COPIED:
             if line is via1:
                 out.append(_via1_for_reply(line, request.via1, source))
             elif line is to:
-                out.append(_insert_after_value(line, request.to_value, ";tag=" + to_tag))
+                out.append(_insert_after_value(line, ";tag=" + to_tag))
             else:
                 out += line
-                out.append("\n")
+                out += _LF
         elif key == "record-route" and record_route:
             out += line
-            out.append("\n")
+            out += _LF
     if server:
         out.append("Server: %s\r\n" % server)
     out.append("Content-Length: 0\r\n\r\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def _insert_after_value(line, value, text):
-    """The header as sent with `text` inserted right after its value (_value())."""
+_LF = ("\n",)
+
+
+def _insert_after_value(line, text):
+    """The header as sent with `text` inserted right after its value (_value()), that
+    is after the last character of the line that is not white space."""
     name, colon, after = line
-    pos = after.find(value) + len(value)
-    return "%s%s%s%s%s\n" % (name, colon, after[:pos], text, after[pos:])
+    body = after.rstrip(_BLANKS)
+    return "%s%s%s%s%s\n" % (name, colon, body, text, after[len(body):])
 
 
 _RPORT = re.compile(r";[ \t]*+rport(=[0-9]*+)?+(?=[;, \t\r\n]|\Z)", re.I)
@@ -342,12 +388,15 @@ def _via1_for_reply(line, via, source):
         source = (via.host, via.port)
     ip, port = source[0], source[1]
     name, colon, after = line
+    rport = "rport" in via.params
+    if not rport and via.host.strip("[]") == ip:
+        # The Via as sent, its value ending the text after the ':' (see _value()).
+        # Kamailio rebuilds the top Via with a CR LF line end even when the request
+        # used LF
+        return "%s%s%s\r\n" % (name, colon, after.rstrip(_BLANKS))
     full = via.value
     value = full[:via.end]
-    rport = "rport" in via.params
     if rport:
         value = _RPORT.sub(";rport=%d" % port, value, count=1)
-    if rport or via.host.strip("[]") != ip:
-        value = value.rstrip(_BLANKS) + ";received=" + ("[%s]" % ip if ":" in ip else ip)
-    # Kamailio rebuilds the top Via with a CR LF line end even when the request used LF
+    value = value.rstrip(_BLANKS) + ";received=" + ("[%s]" % ip if ":" in ip else ip)
     return "%s%s%s%s%s\r\n" % (name, colon, after[:after.find(full)], value, full[via.end:])

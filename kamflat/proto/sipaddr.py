@@ -49,23 +49,54 @@ def _parse_name_addr(value):
 
     `value` is the header body (folding kept); returns NameAddr or raises AddrError.
     """
-    m = _NAME_ADDR_FAST.match(value)
-    if m is None:
+    fast = _fast(value)
+    if fast is None:
         return _parse_name_addr_slow(value)
-    quoted, token, uri, params = m.groups()
+    display, uri, params = fast
     tag = ""
     if params:
         for param in params[1:].split(";"):
             name, _, pvalue = param.partition("=")
             if name.lower() == "tag":
                 tag = pvalue
-    display = quoted or (token.rstrip(" \t") if token else "")
     return _new_name_addr(NameAddr, (display, uri, tag))
 
 
-parse_name_addr = memoised(_parse_name_addr)
-# The same without the memo, for values that rarely come again (a From has its tag).
-parse_name_addr_once = _parse_name_addr
+def _fast(value):
+    """(display, URI, ;params) of a name-addr the fast path takes, else None."""
+    m = _NAME_ADDR_FAST.match(value)
+    if m is None:
+        return None
+    quoted, token, uri, params = m.groups()
+    return quoted or (token.rstrip(" \t") if token else ""), uri, params
+
+
+def _parse_head(head):
+    """(display, URI) of a name-addr the fast path takes, else False."""
+    fast = _fast(head)
+    return fast[:2] if fast else False
+
+
+_parse_seen = memoised(_parse_name_addr)
+_head_seen = memoised(_parse_head)
+# A tag the fast path takes (see _NAME_ADDR_FAST's params).
+_TAG_VALUE = re.compile(r'[^;=,"\\ \t\r\n\0]*+\Z')
+
+
+def parse_name_addr(value):
+    """_parse_name_addr() with bounded memos: the same To comes again and again; a From
+    (or a To in a dialog) comes again with a new tag, so when a value ends in a
+    ';tag=' the fast path takes, the part before it is what is memoised. (Whatever
+    parameters come before, the fast path's tag is the last one, and a value it takes
+    stays one it takes with one more such parameter.)"""
+    head, sep, tag = value.rpartition(";tag=")
+    if sep and _TAG_VALUE.match(tag):
+        known = _head_seen(head)
+        if known:
+            return _new_name_addr(NameAddr, (known[0], known[1], tag))
+    return _parse_seen(value)
+
+
 _new_name_addr = tuple.__new__     # NameAddr(...) without the Python-level __new__
 
 

@@ -124,7 +124,7 @@ def drain(sock, handler, write, on_reason=None, on_send_error=None, budget=64):
             raise
         taken += 1
         outcome = handler.handle(data, source)
-        reply, records = outcome
+        reply, records = outcome.reply, outcome.records
         # As Kamailio: the record is written before the reply goes out, so a client
         # that reads the acc file after its reply finds it (flush=1).
         written = write(records) if records else True

@@ -59,6 +59,7 @@ class Writer(ChildProcess):
         self.control_sock = control_sock
         self.udp_socks = list(udp_socks)
         self.sip = sip_handler
+        self.sip_cells = {}                  # see on_datagram
         self.pending = collections.deque()   # Chunks and SIP record lists not yet written
         self.unsynced = collections.deque()  # Chunks inserted, not yet reported
         self.retry_at = 0.0
@@ -216,13 +217,30 @@ class Writer(ChildProcess):
         the receive loop the tests drive (sipnet.drain)."""
         sipnet.drain(sock, self.sip, self.take_sip_records, self.log_sip_reason,
                      self.log_sip_send_error, DATAGRAMS_PER_WAKEUP)
+        cells = self.sip_cells       # this process's counter cells, by the handler's name
         for name, n in self.sip.take_counters().items():
-            group, _, stat = name.partition(":")
-            self.state.add(group, stat, n)
+            cell = cells.get(name)
+            if cell is None:
+                group, _, stat = name.partition(":")
+                cell = cells[name] = self.state.cell(group, stat)
+            cell[0] += n
 
     def take_sip_records(self, records):
         """Write one request's records (before its reply is sent); False when they
         could not be written yet: they stay pending and nothing more is taken."""
+        if not self.pending:
+            # Nothing waits (nearly always): written here, without the queue. When a
+            # write fails, the records left take the queue's way: work() tries again
+            # at once, and counts, logs and schedules the retries as for any record.
+            conn, done = self.conn, 0
+            try:
+                for table, values in records:
+                    conn.use_table(table)
+                    conn.insert(None, values)
+                    done += 1
+                return True
+            except FlatstoreError:
+                records = records[done:]
         self.pending.append(collections.deque(records))
         self.work()
         return not self.pending
