@@ -12,11 +12,32 @@ names given with --keys.
 import argparse
 import json
 import os
-import re
 import sys
-from itertools import repeat
+from itertools import compress, repeat
 
 from kamflat.flatstore import reader
+
+ENCODED_DELIMITER = reader.ENCODED_DELIMITER.encode()
+WRITE_LINES = 4096    # lines cat gathers before it writes: a few big writes, not one a run
+JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
+
+# What json.dumps escapes in a string: `"`, `\\` and the control characters.
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+
+
+def _needs_no_escape(data, separators=0):
+    """True if `data` is UTF-8 and has nothing json.dumps escapes but for `separators`
+    newlines (records joined by them): its JSON strings are then its bytes in quotes."""
+    if len(data) - len(data.translate(None, _ESCAPED)) != separators:
+        return False
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
 
 CAT_DOC = "print a table's records merged across its per-process files"
 FOLLOW_DOC = "print a table's records as they are written, across rotations"
@@ -72,7 +93,11 @@ class Source:
 
 
 class Printer:
-    """Writes records to stdout as raw lines or JSON objects."""
+    """Writes records to stdout as raw lines or JSON objects.
+
+    cat hands over whole chunks of a file (chunks()), turned into what is printed before
+    they are merged, and gathers the runs it prints into big writes (write_lines, flush);
+    follow prints record by record (write)."""
 
     def __init__(self, args, source):
         self.json = args.json
@@ -80,92 +105,157 @@ class Printer:
         self.table = source.table
         self.keys = source.keys
         self.out = sys.stdout.buffer
-        # The JSON of a record is written from a template per file and field count when
-        # the record's text needs no JSON escaping (see write_records); with repeated
+        # The JSON of a record is formatted from a template per file and field count when
+        # the record needs no JSON escaping and is UTF-8 (see _json_batch); with repeated
         # keys or one named _extra the record dict is not a plain zip: one at a time.
         self._templates = {}
         self._templated = len(set(self.keys)) == len(self.keys) and "_extra" not in self.keys
+        self._pending = []
+
+    def chunks(self, chunks, file_name, time_index):
+        """One file's chunks of records -> (lines to print, their time keys), for
+        reader.merge_keyed; the keys are None without a time column."""
+        previous = 0
+        for records in chunks:
+            lines, times = self._json_chunk(records, file_name, time_index) if self.json \
+                else (records, None)
+            if time_index is None:
+                yield lines, None
+                continue
+            keys = None
+            if times is not None:
+                try:
+                    keys = list(map(int, times))
+                except ValueError:
+                    pass
+            if keys is None:
+                keys = reader.time_keys(records, time_index, previous)
+            previous = keys[-1]
+            yield lines, keys
+
+    def write_lines(self, lines):
+        """Lines (bytes without their newline) to print, written a block at a time."""
+        self._pending += lines
+        if len(self._pending) >= WRITE_LINES:
+            self._write_pending()
+
+    def _write_pending(self):
+        pending, self._pending = self._pending, []
+        pending.append(b"")           # the newline after the last line
+        self.out.write(b"\n".join(pending))
 
     def write_records(self, records, file_name):
-        """A run of records (bytes without their newline) from one file."""
-        if not self.json:
-            self.out.write(b"\n".join(records) + b"\n")
-            return
-        if self._templated:
-            text = b"\n".join(records)
-            try:
-                text = text.decode()
-            except UnicodeDecodeError:
-                text = None        # bytes that are not UTF-8: the general way
-            if text is not None and not _JSON_SPECIAL.search(text):
-                self.out.write(self._json_lines(text, file_name).encode() + b"\n")
-                return
-        for raw in records:
-            self.write(raw, file_name)
+        """A run of records (bytes without their newline) from one file, written now."""
+        lines = self._json_chunk(records, file_name, None)[0] if self.json else records
+        self.out.write(b"\n".join(lines) + b"\n")
 
-    def _json_lines(self, text, file_name):
-        """What write() prints for each line of `text` (which has nothing JSON escapes),
-        formatted from templates: json.dumps's output, byte for byte."""
-        lines = text.split("\n")
-        count = lines[0].count("|") + 1
-        if list(map(str.count, lines, repeat("|"))).count(count - 1) == len(lines):
-            # Every record has `count` fields: format them column-wise, all in C calls.
-            fields = text.replace("\n", "|").split("|")
-            if self.decode and reader.ENCODED_DELIMITER in text:
-                fields = list(map(str.replace, fields, repeat(reader.ENCODED_DELIMITER),
-                                  repeat("|")))
+    def _json_chunk(self, records, file_name, time_index):
+        """What write() prints for each of `records`, and their time column (bytes, from
+        the same split) when every batch had one; else None."""
+        lines, times = [], []
+        for start in range(0, len(records), JSON_BATCH):
+            batch_lines, batch_times = self._json_batch(records[start:start + JSON_BATCH],
+                                                        file_name, time_index)
+            lines += batch_lines
+            if times is not None and batch_times is not None:
+                times += batch_times
+            else:
+                times = None
+        return lines, times
+
+    def _json_batch(self, batch, file_name, time_index):
+        if not self._templated:
+            return [self.json_line(raw, file_name) for raw in batch], None
+        text = b"\n".join(batch)
+        if _needs_no_escape(text, len(batch) - 1):
+            return self._template_lines(batch, text, file_name, time_index)
+        # Some records need JSON escapes or are not UTF-8: those the general way, the
+        # others from the templates still.
+        plain = list(map(_needs_no_escape, batch))
+        good = list(compress(batch, plain))
+        good_lines = iter(self._template_lines(good, b"\n".join(good), file_name, None)[0])
+        return [next(good_lines) if ok else self.json_line(raw, file_name)
+                for raw, ok in zip(batch, plain)], None
+
+    def _template_lines(self, batch, text, file_name, time_index):
+        """write()'s JSON of records that need no JSON escaping and are UTF-8 (`text` is
+        them joined by newlines), formatted from templates: json.dumps's output, byte for
+        byte; and the time column when every record has the same number of fields."""
+        if not batch:
+            return [], None
+        count = batch[0].count(b"|") + 1
+        template = self._template_for(file_name, count)
+        if template is not None and \
+                list(map(bytes.count, batch, repeat(b"|"))).count(count - 1) == len(batch):
+            # Every record has `count` fields: split them all at once, format column-wise.
+            fields = text.replace(b"\n", b"|").split(b"|")
+            times = None
+            if time_index is not None and time_index < count:
+                times = fields[time_index::count]
+            if self.decode and ENCODED_DELIMITER in text:
+                fields = list(map(bytes.replace, fields, repeat(ENCODED_DELIMITER),
+                                  repeat(b"|")))
             columns = [fields[i::count] for i in range(count)]
             rows = zip(*columns, *columns) if self.keys else zip(*columns)
-            return "\n".join(map(self._template_for(file_name, count).__mod__, rows))
-        out = []
-        for line in lines:
-            values = line.split("|")
-            if self.decode and reader.ENCODED_DELIMITER in line:
-                values = [reader.decode_value(v) for v in values]
+            return list(map(template.__mod__, rows)), times
+        lines = []
+        for raw in batch:
+            values = raw.split(b"|")
             template = self._template_for(file_name, len(values))
-            out.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
-        return "\n".join(out)
+            if template is None:
+                lines.append(self.json_line(raw, file_name))
+                continue
+            if self.decode and ENCODED_DELIMITER in raw:
+                values = [v.replace(ENCODED_DELIMITER, b"|") for v in values]
+            lines.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
+        return lines, None
 
     def _template_for(self, file_name, count):
-        template = self._templates.get((file_name, count))
-        if template is None:
-            template = self._templates[file_name, count] = self._template(file_name, count)
-        return template
+        key = (file_name, count)
+        if key not in self._templates:
+            self._templates[key] = self._template(file_name, count)
+        return self._templates[key]
 
     def _template(self, file_name, count):
-        """A %-template of write()'s JSON for a record of `count` values, each value a
-        %s inside quotes (twice when the record dict is printed too)."""
+        """A bytes %-template of write()'s JSON for a record of `count` values, each value
+        a %s inside quotes (twice when the record dict is printed too); None when the table,
+        file or key names are not UTF-8 (write() then escapes the whole line)."""
         def quoted(text):
             return json.dumps(text, ensure_ascii=False).replace("%", "%%")
         fields = ", ".join(['"%s"'] * count)
         head = "{%s: %s, %s: %s, %s: [%s]" % (
             quoted("table"), quoted(self.table), quoted("file"), quoted(file_name),
             quoted("values"), fields)
-        if not self.keys:
-            return head + "}"
-        named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
-        if count > len(self.keys):
-            named.append('%s: [%s]' % (quoted("_extra"),
-                                       ", ".join(['"%s"'] * (count - len(self.keys)))))
-        return head + ", %s: {%s}}" % (quoted("record"), ", ".join(named))
+        if self.keys:
+            named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
+            if count > len(self.keys):
+                named.append('%s: [%s]' % (quoted("_extra"),
+                                           ", ".join(['"%s"'] * (count - len(self.keys)))))
+            head += ", %s: {%s}" % (quoted("record"), ", ".join(named))
+        try:
+            return (head + "}").encode()
+        except UnicodeEncodeError:
+            return None
 
-    def write(self, raw, file_name):
-        if not self.json:
-            self.out.write(raw + b"\n")
-            return
+    def json_line(self, raw, file_name):
+        """The JSON object of one record (bytes without the newline): the general way."""
         values = reader.parse_record(raw, decode=self.decode)
         obj = {"table": self.table, "file": file_name, "values": values}
         if self.keys:
             obj["record"] = reader.name_values(values, self.keys)
         try:
-            line = json.dumps(obj, ensure_ascii=False).encode()
+            return json.dumps(obj, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             # bytes that are not UTF-8 (kept as surrogate escapes) come out as \udcXX escapes:
             # still valid JSON, nothing lost
-            line = json.dumps(obj).encode()
-        self.out.write(line + b"\n")
+            return json.dumps(obj).encode()
+
+    def write(self, raw, file_name):
+        self.out.write((self.json_line(raw, file_name) if self.json else raw) + b"\n")
 
     def flush(self):
+        if self._pending:
+            self._write_pending()
         self.out.flush()
 
 
@@ -207,14 +297,19 @@ def run(command, argv):
     return 0
 
 
-# What json.dumps escapes in a string (the newline is the record separator here).
-_JSON_SPECIAL = re.compile('[\x00-\x09\x0b-\x1f"\\\\]')
 
 
 def cat(args, source, printer):
-    for file_name, records in reader.read_table_chunks(
-            source.directory, source.table, args.rotated, source.time_index):
-        printer.write_records(records, file_name)
+    files = reader.list_table_files(source.directory, source.table, args.rotated)
+    streams = [printer.chunks(reader.read_file_chunks(source.directory, f), f.name,
+                              source.time_index) for f in files]
+    if source.time_index is None:
+        runs = (lines for stream in streams for lines, _ in stream)
+    else:
+        runs = (lines for _, lines in reader.merge_keyed(streams))
+    for lines in runs:
+        printer.write_lines(lines)
+    printer.flush()
 
 
 def follow(args, source, printer):
