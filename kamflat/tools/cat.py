@@ -10,8 +10,10 @@ are known: acc's 7 columns + the db_extra names of the config (-f) for acc's tab
 names given with --keys.
 """
 import argparse
+import fcntl
 import json
 import os
+import stat
 import sys
 from itertools import compress, repeat
 
@@ -19,6 +21,7 @@ from kamflat.flatstore import reader
 
 ENCODED_DELIMITER = reader.ENCODED_DELIMITER.encode()
 WRITE_LINES = 4096    # lines cat gathers before it writes: a few big writes, not one a run
+PIPE_SIZE = 1 << 20   # what cat asks of a pipe on its stdout (the default is 64 KiB)
 JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
 
 # What json.dumps escapes in a string: `"`, `\\` and the control characters.
@@ -300,6 +303,7 @@ def run(command, argv):
 
 
 def cat(args, source, printer):
+    _widen_pipe(printer.out)
     files = reader.list_table_files(source.directory, source.table, args.rotated)
     streams = [printer.chunks(reader.read_file_chunks(source.directory, f), f.name,
                               source.time_index) for f in files]
@@ -310,6 +314,19 @@ def cat(args, source, printer):
     for lines in runs:
         printer.write_lines(lines)
     printer.flush()
+
+
+def _widen_pipe(out):
+    """Let a pipe on `out` hold PIPE_SIZE bytes, if it is a pipe and holds less: whoever
+    reads it is woken for every pipeful, and a pipeful of 64 KiB is a few hundred JSON
+    lines. Where that cannot be done, the pipe stays as it is."""
+    try:
+        fd = out.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
+                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, ValueError, AttributeError):   # no fd, not Linux, over the user's quota
+        pass
 
 
 def follow(args, source, printer):
