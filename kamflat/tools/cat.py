@@ -11,6 +11,7 @@ names given with --keys.
 """
 import argparse
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -20,19 +21,23 @@ from itertools import compress, repeat
 from kamflat.flatstore import reader
 
 ENCODED_DELIMITER = reader.ENCODED_DELIMITER.encode()
-WRITE_LINES = 4096    # lines cat gathers before it writes: a few big writes, not one a run
+WRITE_LINES = 512     # lines cat gathers before a write: fewer writes than runs, still cached
 PIPE_SIZE = 1 << 20   # what cat asks of a pipe on its stdout (the default is 64 KiB)
 JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
 
 # What json.dumps escapes in a string: `"`, `\\` and the control characters.
 _ESCAPED = bytes(range(0x20)) + b'"\\'
+# Every other byte but `|`: what is left of a record without them is its shape.
+_NOT_SHAPE = bytes(sorted(set(range(256)) - set(_ESCAPED + b"|")))
 
 
 def _needs_no_escape(data, separators=0):
     """True if `data` is UTF-8 and has nothing json.dumps escapes but for `separators`
     newlines (records joined by them): its JSON strings are then its bytes in quotes."""
-    if len(data) - len(data.translate(None, _ESCAPED)) != separators:
-        return False
+    return len(data) - len(data.translate(None, _ESCAPED)) == separators and _utf8(data)
+
+
+def _utf8(data):
     if data.isascii():
         return True
     try:
@@ -40,6 +45,18 @@ def _needs_no_escape(data, separators=0):
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _uniform(text, count, rows):
+    """True if `text`, `rows` records joined by newlines, has `count` fields in every
+    record and nothing json.dumps escapes (one pass over it: its `|`s, newlines and
+    escaped bytes are compared with what they must be)."""
+    return text.translate(None, _NOT_SHAPE) == _shape(count, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _shape(count, rows):
+    return b"\n".join([b"|" * (count - 1)] * rows)
 
 
 CAT_DOC = "print a table's records merged across its per-process files"
@@ -170,37 +187,27 @@ class Printer:
         if not self._templated:
             return [self.json_line(raw, file_name) for raw in batch], None
         text = b"\n".join(batch)
+        count = batch[0].count(b"|") + 1
+        if _uniform(text, count, len(batch)) and _utf8(text):
+            return self._column_lines(text, count, file_name, time_index)
         if _needs_no_escape(text, len(batch) - 1):
-            return self._template_lines(batch, text, file_name, time_index)
+            return self._template_lines(batch, text, file_name), None
         # Some records need JSON escapes or are not UTF-8: those the general way, the
         # others from the templates still.
         plain = list(map(_needs_no_escape, batch))
         good = list(compress(batch, plain))
-        good_lines = iter(self._template_lines(good, b"\n".join(good), file_name, None)[0])
+        good_lines = iter(self._template_lines(good, b"\n".join(good), file_name))
         return [next(good_lines) if ok else self.json_line(raw, file_name)
                 for raw, ok in zip(batch, plain)], None
 
-    def _template_lines(self, batch, text, file_name, time_index):
+    def _template_lines(self, batch, text, file_name):
         """write()'s JSON of records that need no JSON escaping and are UTF-8 (`text` is
         them joined by newlines), formatted from templates: json.dumps's output, byte for
-        byte; and the time column when every record has the same number of fields."""
-        if not batch:
-            return [], None
-        count = batch[0].count(b"|") + 1
-        template = self._template_for(file_name, count)
-        if template is not None and \
-                list(map(bytes.count, batch, repeat(b"|"))).count(count - 1) == len(batch):
-            # Every record has `count` fields: split them all at once, format column-wise.
-            fields = text.replace(b"\n", b"|").split(b"|")
-            times = None
-            if time_index is not None and time_index < count:
-                times = fields[time_index::count]
-            if self.decode and ENCODED_DELIMITER in text:
-                fields = list(map(bytes.replace, fields, repeat(ENCODED_DELIMITER),
-                                  repeat(b"|")))
-            columns = [fields[i::count] for i in range(count)]
-            rows = zip(*columns, *columns) if self.keys else zip(*columns)
-            return list(map(template.__mod__, rows)), times
+        byte."""
+        if batch:
+            count = batch[0].count(b"|") + 1
+            if _uniform(text, count, len(batch)):
+                return self._column_lines(text, count, file_name, None)[0]
         lines = []
         for raw in batch:
             values = raw.split(b"|")
@@ -211,7 +218,23 @@ class Printer:
             if self.decode and ENCODED_DELIMITER in raw:
                 values = [v.replace(ENCODED_DELIMITER, b"|") for v in values]
             lines.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
-        return lines, None
+        return lines
+
+    def _column_lines(self, text, count, file_name, time_index):
+        """_template_lines() of records that all have `count` fields: all split at once,
+        formatted column-wise; and their time column (bytes) when they have one."""
+        template = self._template_for(file_name, count)
+        if template is None:
+            return [self.json_line(raw, file_name) for raw in text.split(b"\n")], None
+        fields = text.replace(b"\n", b"|").split(b"|")
+        times = None
+        if time_index is not None and time_index < count:
+            times = fields[time_index::count]
+        if self.decode and ENCODED_DELIMITER in text:
+            fields = list(map(bytes.replace, fields, repeat(ENCODED_DELIMITER), repeat(b"|")))
+        columns = [fields[i::count] for i in range(count)]
+        rows = zip(*columns, *columns) if self.keys else zip(*columns)
+        return list(map(template.__mod__, rows)), times
 
     def _template_for(self, file_name, count):
         key = (file_name, count)
