@@ -135,15 +135,21 @@ class Printer:
     def chunks(self, chunks, file_name, time_index):
         """One file's chunks of records -> (lines to print, their time keys), for
         reader.merge_keyed; the keys are None without a time column."""
+        if self.json:
+            return self._json_chunks(chunks, file_name, time_index)
+        if time_index is None:
+            return ((records, None) for records in chunks)
+        return reader.keyed_chunks(chunks, time_index)
+
+    def _json_chunks(self, chunks, file_name, time_index):
         previous = 0
         for records in chunks:
-            lines, times = self._json_chunk(records, file_name, time_index) if self.json \
-                else (records, None)
+            lines, times = self._json_chunk(records, file_name, time_index)
             if time_index is None:
                 yield lines, None
                 continue
             keys = None
-            if times is not None:
+            if times is not None:      # the time column as _json_chunk split it
                 try:
                     keys = list(map(int, times))
                 except ValueError:
@@ -334,9 +340,11 @@ def cat(args, source, printer):
         runs = (lines for stream in streams for lines, _ in stream)
     else:
         runs = (lines for _, lines in reader.merge_keyed(streams))
-    for lines in runs:
-        printer.write_lines(lines)
-    printer.flush()
+    try:
+        for lines in runs:
+            printer.write_lines(lines)
+    finally:
+        printer.flush()         # what was merged so far, also when interrupted
 
 
 def _widen_pipe(out):
