@@ -318,6 +318,7 @@ class _Cursor:
                 self.pos = 0
                 return True
         return False
+
     def run_end(self, other):
         """Where the run from pos ends: the items before it sort before `other`, the
         (key, stream number) of the head of another stream."""

@@ -11,7 +11,6 @@ names given with --keys.
 """
 import argparse
 import fcntl
-import functools
 import json
 import os
 import stat
@@ -51,12 +50,7 @@ def _uniform(text, count, rows):
     """True if `text`, `rows` records joined by newlines, has `count` fields in every
     record and nothing json.dumps escapes (one pass over it: its `|`s, newlines and
     escaped bytes are compared with what they must be)."""
-    return text.translate(None, _NOT_SHAPE) == _shape(count, rows)
-
-
-@functools.lru_cache(maxsize=64)
-def _shape(count, rows):
-    return b"\n".join([b"|" * (count - 1)] * rows)
+    return text.translate(None, _NOT_SHAPE) == b"\n".join([b"|" * (count - 1)] * rows)
 
 
 CAT_DOC = "print a table's records merged across its per-process files"
@@ -327,8 +321,6 @@ def run(command, argv):
         pass
     sys.stdout.flush()
     return 0
-
-
 
 
 def cat(args, source, printer):
