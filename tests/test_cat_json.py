@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 from hypothesis import given, settings, strategies as st
 
+from kamflat.flatstore import reader
 from kamflat.tools.cat import Printer
 
 _FIELD = st.lists(st.sampled_from(["a", "7", "%7C", "%", "\u00fc", '"', "\\", "\t", "\r",
@@ -24,7 +25,7 @@ def _printer(keys, decode):
 @given(st.lists(_RECORD | st.just(b"\xff|x"), min_size=1, max_size=6),
        st.sampled_from([[], ["a", "b"], ["a", "b", "c", "d"], ["k%", "a"], ["a", "a"],
                         ["_extra"]]),
-       st.booleans(), st.sampled_from(["acc_129.log", "acc_1%d.log.1"]))
+       st.booleans(), st.sampled_from(["acc_129.log", "acc_1%d.log.1", "acc_129.log.\udcff"]))
 def test_runs_print_what_json_dumps_gives(records, keys, decode, file_name):
     fast, slow = _printer(keys, decode), _printer(keys, decode)
     fast.write_records(records, file_name)
@@ -42,3 +43,19 @@ def test_uniform_and_mixed_runs():
             slow.write(raw, "acc_129.log")
         assert fast.out.getvalue() == slow.out.getvalue()
         assert fast.out.getvalue().count(b"\n") == len(run)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.lists(st.sampled_from(["1", "22", "x", " 3", "9_9", "", "\u00fc"]),
+                                  min_size=1, max_size=4).map("|".join).map(str.encode),
+                         min_size=1, max_size=5), min_size=1, max_size=3),
+       st.integers(0, 3), st.booleans())
+def test_json_chunks_carry_the_time_keys_of_the_records(chunks, time_index, json):
+    """cat --json takes the time keys from its own split of the fields: they are
+    reader.time_keys's, chunk after chunk."""
+    printer = _printer(["a", "b", "c", "d"][:time_index + 1], False)
+    printer.json = json
+    got = list(printer.chunks(iter(chunks), "acc_129.log", time_index))
+    want = list(reader.keyed_chunks(iter(chunks), time_index))
+    assert [keys for _, keys in got] == [keys for _, keys in want]
+    assert [len(lines) for lines, _ in got] == [len(records) for records in chunks]

@@ -58,7 +58,8 @@ class RecordSplitter:
         if end < 0:
             return []
         complete, rest = self._buffer[:end], self._buffer[end + 1:]
-        if b"\r\n " not in complete and b"\r\n\t" not in complete:
+        # (no CR at all is one memchr; the 3-byte searches cost more than the split)
+        if b"\r" not in complete or (b"\r\n " not in complete and b"\r\n\t" not in complete):
             out = complete.split(b"\n")          # no folded record: one record a line
         else:
             out = []
@@ -217,7 +218,9 @@ def read_table_file(directory, table_file):
             yield TableRecord(raw, table_file.name)
 
 
-READ_SIZE = 1 << 20    # bytes read at a time: records are handled a chunk at a time
+# Bytes read at a time. Small: a merge holds one chunk of every file, and the chunks (and
+# what cat makes of them) stay in the CPU cache until they are printed.
+READ_SIZE = 1 << 14
 
 
 def read_file_chunks(directory, table_file):
@@ -245,22 +248,40 @@ def read_file_chunks(directory, table_file):
 
 def merge_chunks(streams, time_index=None):
     """Merge per-file streams of record chunks by the time column into runs: yields
-    (stream number, records), the records consecutive ones of that stream.
-
-    The order is heapq.merge's over (time key, stream number, line number) of every
-    record (stable: ties keep file, then line order; a file out of time order is merged
-    as heapq.merge merges it), but a run of records that go out one after the other
-    costs one step, not one per record. Without a time column the streams are simply
-    concatenated in the order given."""
+    (stream number, records), the records consecutive ones of that stream (see
+    merge_keyed). Without a time column the streams are simply concatenated in the
+    order given."""
     if time_index is None:
         for order, stream in enumerate(streams):
             for records in stream:
                 yield order, records
         return
+    yield from merge_keyed([keyed_chunks(stream, time_index) for stream in streams])
+
+
+def keyed_chunks(chunks, time_index):
+    """(records, their time_keys()) for each chunk of one stream; empty chunks are left out."""
+    previous = 0
+    for records in chunks:
+        if records:
+            keys = time_keys(records, time_index, previous)
+            previous = keys[-1]
+            yield records, keys
+
+
+def merge_keyed(streams):
+    """Merge streams of (items, time keys) chunks into runs: yields (stream number, items),
+    the items consecutive ones of that stream. An item is whatever stands for a record
+    (the record, or what is printed for it); keys[i] is the time key of items[i].
+
+    The order is heapq.merge's over (time key, stream number, position) of every item
+    (stable: ties keep file, then line order; a file out of time order is merged as
+    heapq.merge merges it), but a run of items that go out one after the other costs
+    one step, not one per item."""
     cursors = []
     heap = []
     for order, stream in enumerate(streams):
-        cursor = _Cursor(order, iter(stream), time_index)
+        cursor = _Cursor(order, iter(stream))
         cursors.append(cursor)
         if cursor.next_chunk():
             heap.append((cursor.keys[0], order))
@@ -273,7 +294,7 @@ def merge_chunks(streams, time_index=None):
         else:
             other = min(heap[1], heap[2]) if len(heap) > 2 else heap[1]
             end = cursor.run_end(other)
-        yield order, cursor.records[cursor.pos:end]
+        yield order, cursor.items[cursor.pos:end]
         cursor.pos = end
         if end == len(cursor.keys) and not cursor.next_chunk():
             heapq.heappop(heap)
@@ -282,28 +303,24 @@ def merge_chunks(streams, time_index=None):
 
 
 class _Cursor:
-    """Where merge_chunks() is in one stream: its current chunk, the chunk's time keys,
-    whether they are in order, and the position of the next record."""
-    __slots__ = ("order", "stream", "time_index", "records", "keys", "in_order", "pos",
-                 "last_key")
+    """Where merge_keyed() is in one stream: its current chunk's items and time keys,
+    whether the keys are in order, and the position of the next item."""
+    __slots__ = ("order", "stream", "items", "keys", "in_order", "pos")
 
-    def __init__(self, order, stream, time_index):
-        self.order, self.stream, self.time_index = order, stream, time_index
-        self.last_key = 0
+    def __init__(self, order, stream):
+        self.order, self.stream = order, stream
 
     def next_chunk(self):
-        for records in self.stream:
-            if records:
-                self.records = records
-                self.keys = time_keys(records, self.time_index, self.last_key)
-                self.last_key = self.keys[-1]
-                self.in_order = self.keys == sorted(self.keys)
+        for items, keys in self.stream:
+            if keys:
+                self.items, self.keys = items, keys
+                self.in_order = keys == sorted(keys)
                 self.pos = 0
                 return True
         return False
 
     def run_end(self, other):
-        """Where the run from pos ends: the records before it sort before `other`, the
+        """Where the run from pos ends: the items before it sort before `other`, the
         (key, stream number) of the head of another stream."""
         keys, pos = self.keys, self.pos
         limit, other_order = other

@@ -10,13 +10,48 @@ are known: acc's 7 columns + the db_extra names of the config (-f) for acc's tab
 names given with --keys.
 """
 import argparse
+import fcntl
 import json
 import os
-import re
+import stat
 import sys
-from itertools import repeat
+from itertools import compress, repeat
 
 from kamflat.flatstore import reader
+
+ENCODED_DELIMITER = reader.ENCODED_DELIMITER.encode()
+WRITE_LINES = 512     # lines cat gathers before a write: fewer writes than runs, still cached
+PIPE_SIZE = 1 << 20   # what cat asks of a pipe on its stdout (the default is 64 KiB)
+JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
+
+# What json.dumps escapes in a string: `"`, `\\` and the control characters.
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+# Every other byte but `|`: what is left of a record without them is its shape.
+_NOT_SHAPE = bytes(sorted(set(range(256)) - set(_ESCAPED + b"|")))
+
+
+def _needs_no_escape(data, separators=0):
+    """True if `data` is UTF-8 and has nothing json.dumps escapes but for `separators`
+    newlines (records joined by them): its JSON strings are then its bytes in quotes."""
+    return len(data) - len(data.translate(None, _ESCAPED)) == separators and _utf8(data)
+
+
+def _utf8(data):
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _uniform(text, count, rows):
+    """True if `text`, `rows` records joined by newlines, has `count` fields in every
+    record and nothing json.dumps escapes (one pass over it: its `|`s, newlines and
+    escaped bytes are compared with what they must be)."""
+    return text.translate(None, _NOT_SHAPE) == b"\n".join([b"|" * (count - 1)] * rows)
+
 
 CAT_DOC = "print a table's records merged across its per-process files"
 FOLLOW_DOC = "print a table's records as they are written, across rotations"
@@ -72,7 +107,11 @@ class Source:
 
 
 class Printer:
-    """Writes records to stdout as raw lines or JSON objects."""
+    """Writes records to stdout as raw lines or JSON objects.
+
+    cat hands over whole chunks of a file (chunks()), turned into what is printed before
+    they are merged, and gathers the runs it prints into big writes (write_lines, flush);
+    follow prints record by record (write)."""
 
     def __init__(self, args, source):
         self.json = args.json
@@ -80,92 +119,169 @@ class Printer:
         self.table = source.table
         self.keys = source.keys
         self.out = sys.stdout.buffer
-        # The JSON of a record is written from a template per file and field count when
-        # the record's text needs no JSON escaping (see write_records); with repeated
+        # The JSON of a record is formatted from a template per file and field count when
+        # the record needs no JSON escaping and is UTF-8 (see _json_batch); with repeated
         # keys or one named _extra the record dict is not a plain zip: one at a time.
         self._templates = {}
         self._templated = len(set(self.keys)) == len(self.keys) and "_extra" not in self.keys
+        self._pending = []
+
+    def chunks(self, chunks, file_name, time_index):
+        """One file's chunks of records -> (lines to print, their time keys), for
+        reader.merge_keyed; the keys are None without a time column."""
+        if self.json:
+            return self._json_chunks(chunks, file_name, time_index)
+        if time_index is None:
+            return ((records, None) for records in chunks)
+        return reader.keyed_chunks(chunks, time_index)
+
+    def _json_chunks(self, chunks, file_name, time_index):
+        previous = 0
+        for records in chunks:
+            lines, times = self._json_chunk(records, file_name, time_index)
+            if time_index is None:
+                yield lines, None
+                continue
+            keys = None
+            if times is not None:      # the time column as _json_chunk split it
+                try:
+                    keys = list(map(int, times))
+                except ValueError:
+                    pass
+            if keys is None:
+                keys = reader.time_keys(records, time_index, previous)
+            previous = keys[-1]
+            yield lines, keys
+
+    def write_lines(self, lines):
+        """Lines (bytes without their newline) to print, written a block at a time."""
+        self._pending += lines
+        if len(self._pending) >= WRITE_LINES:
+            self._write_pending()
+
+    def _write_pending(self):
+        pending, self._pending = self._pending, []
+        pending.append(b"")           # the newline after the last line
+        self.out.write(b"\n".join(pending))
 
     def write_records(self, records, file_name):
-        """A run of records (bytes without their newline) from one file."""
-        if not self.json:
-            self.out.write(b"\n".join(records) + b"\n")
-            return
-        if self._templated:
-            text = b"\n".join(records)
-            try:
-                text = text.decode()
-            except UnicodeDecodeError:
-                text = None        # bytes that are not UTF-8: the general way
-            if text is not None and not _JSON_SPECIAL.search(text):
-                self.out.write(self._json_lines(text, file_name).encode() + b"\n")
-                return
-        for raw in records:
-            self.write(raw, file_name)
+        """A run of records (bytes without their newline) from one file, written now."""
+        lines = self._json_chunk(records, file_name, None)[0] if self.json else records
+        self.out.write(b"\n".join(lines) + b"\n")
 
-    def _json_lines(self, text, file_name):
-        """What write() prints for each line of `text` (which has nothing JSON escapes),
-        formatted from templates: json.dumps's output, byte for byte."""
-        lines = text.split("\n")
-        count = lines[0].count("|") + 1
-        if list(map(str.count, lines, repeat("|"))).count(count - 1) == len(lines):
-            # Every record has `count` fields: format them column-wise, all in C calls.
-            fields = text.replace("\n", "|").split("|")
-            if self.decode and reader.ENCODED_DELIMITER in text:
-                fields = list(map(str.replace, fields, repeat(reader.ENCODED_DELIMITER),
-                                  repeat("|")))
-            columns = [fields[i::count] for i in range(count)]
-            rows = zip(*columns, *columns) if self.keys else zip(*columns)
-            return "\n".join(map(self._template_for(file_name, count).__mod__, rows))
-        out = []
-        for line in lines:
-            values = line.split("|")
-            if self.decode and reader.ENCODED_DELIMITER in line:
-                values = [reader.decode_value(v) for v in values]
+    def _json_chunk(self, records, file_name, time_index):
+        """What write() prints for each of `records`, and their time column (bytes, from
+        the same split) when every batch had one; else None."""
+        lines, times = [], []
+        for start in range(0, len(records), JSON_BATCH):
+            batch_lines, batch_times = self._json_batch(records[start:start + JSON_BATCH],
+                                                        file_name, time_index)
+            lines += batch_lines
+            if times is not None and batch_times is not None:
+                times += batch_times
+            else:
+                times = None
+        return lines, times
+
+    def _json_batch(self, batch, file_name, time_index):
+        if not self._templated:
+            return [self.json_line(raw, file_name) for raw in batch], None
+        text = b"\n".join(batch)
+        count = batch[0].count(b"|") + 1
+        if _uniform(text, count, len(batch)) and _utf8(text):
+            return self._column_lines(text, count, file_name, time_index)
+        if _needs_no_escape(text, len(batch) - 1):
+            return self._template_lines(batch, text, file_name), None
+        # Some records need JSON escapes or are not UTF-8: those the general way, the
+        # others from the templates still.
+        plain = list(map(_needs_no_escape, batch))
+        good = list(compress(batch, plain))
+        good_lines = iter(self._template_lines(good, b"\n".join(good), file_name))
+        return [next(good_lines) if ok else self.json_line(raw, file_name)
+                for raw, ok in zip(batch, plain)], None
+
+    def _template_lines(self, batch, text, file_name):
+        """write()'s JSON of records that need no JSON escaping and are UTF-8 (`text` is
+        them joined by newlines), formatted from templates: json.dumps's output, byte for
+        byte."""
+        if batch:
+            count = batch[0].count(b"|") + 1
+            if _uniform(text, count, len(batch)):
+                return self._column_lines(text, count, file_name, None)[0]
+        lines = []
+        for raw in batch:
+            values = raw.split(b"|")
             template = self._template_for(file_name, len(values))
-            out.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
-        return "\n".join(out)
+            if template is None:
+                lines.append(self.json_line(raw, file_name))
+                continue
+            if self.decode and ENCODED_DELIMITER in raw:
+                values = [v.replace(ENCODED_DELIMITER, b"|") for v in values]
+            lines.append(template % (tuple(values) * 2 if self.keys else tuple(values)))
+        return lines
+
+    def _column_lines(self, text, count, file_name, time_index):
+        """_template_lines() of records that all have `count` fields: all split at once,
+        formatted column-wise; and their time column (bytes) when they have one."""
+        template = self._template_for(file_name, count)
+        if template is None:
+            return [self.json_line(raw, file_name) for raw in text.split(b"\n")], None
+        fields = text.replace(b"\n", b"|").split(b"|")
+        times = None
+        if time_index is not None and time_index < count:
+            times = fields[time_index::count]
+        if self.decode and ENCODED_DELIMITER in text:
+            fields = list(map(bytes.replace, fields, repeat(ENCODED_DELIMITER), repeat(b"|")))
+        columns = [fields[i::count] for i in range(count)]
+        rows = zip(*columns, *columns) if self.keys else zip(*columns)
+        return list(map(template.__mod__, rows)), times
 
     def _template_for(self, file_name, count):
-        template = self._templates.get((file_name, count))
-        if template is None:
-            template = self._templates[file_name, count] = self._template(file_name, count)
-        return template
+        key = (file_name, count)
+        if key not in self._templates:
+            self._templates[key] = self._template(file_name, count)
+        return self._templates[key]
 
     def _template(self, file_name, count):
-        """A %-template of write()'s JSON for a record of `count` values, each value a
-        %s inside quotes (twice when the record dict is printed too)."""
+        """A bytes %-template of write()'s JSON for a record of `count` values, each value
+        a %s inside quotes (twice when the record dict is printed too); None when the table,
+        file or key names are not UTF-8 (write() then escapes the whole line)."""
         def quoted(text):
             return json.dumps(text, ensure_ascii=False).replace("%", "%%")
         fields = ", ".join(['"%s"'] * count)
         head = "{%s: %s, %s: %s, %s: [%s]" % (
             quoted("table"), quoted(self.table), quoted("file"), quoted(file_name),
             quoted("values"), fields)
-        if not self.keys:
-            return head + "}"
-        named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
-        if count > len(self.keys):
-            named.append('%s: [%s]' % (quoted("_extra"),
-                                       ", ".join(['"%s"'] * (count - len(self.keys)))))
-        return head + ", %s: {%s}}" % (quoted("record"), ", ".join(named))
+        if self.keys:
+            named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
+            if count > len(self.keys):
+                named.append('%s: [%s]' % (quoted("_extra"),
+                                           ", ".join(['"%s"'] * (count - len(self.keys)))))
+            head += ", %s: {%s}" % (quoted("record"), ", ".join(named))
+        try:
+            return (head + "}").encode()
+        except UnicodeEncodeError:
+            return None
 
-    def write(self, raw, file_name):
-        if not self.json:
-            self.out.write(raw + b"\n")
-            return
+    def json_line(self, raw, file_name):
+        """The JSON object of one record (bytes without the newline): the general way."""
         values = reader.parse_record(raw, decode=self.decode)
         obj = {"table": self.table, "file": file_name, "values": values}
         if self.keys:
             obj["record"] = reader.name_values(values, self.keys)
         try:
-            line = json.dumps(obj, ensure_ascii=False).encode()
+            return json.dumps(obj, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             # bytes that are not UTF-8 (kept as surrogate escapes) come out as \udcXX escapes:
             # still valid JSON, nothing lost
-            line = json.dumps(obj).encode()
-        self.out.write(line + b"\n")
+            return json.dumps(obj).encode()
+
+    def write(self, raw, file_name):
+        self.out.write((self.json_line(raw, file_name) if self.json else raw) + b"\n")
 
     def flush(self):
+        if self._pending:
+            self._write_pending()
         self.out.flush()
 
 
@@ -207,14 +323,33 @@ def run(command, argv):
     return 0
 
 
-# What json.dumps escapes in a string (the newline is the record separator here).
-_JSON_SPECIAL = re.compile('[\x00-\x09\x0b-\x1f"\\\\]')
-
-
 def cat(args, source, printer):
-    for file_name, records in reader.read_table_chunks(
-            source.directory, source.table, args.rotated, source.time_index):
-        printer.write_records(records, file_name)
+    _widen_pipe(printer.out)
+    files = reader.list_table_files(source.directory, source.table, args.rotated)
+    streams = [printer.chunks(reader.read_file_chunks(source.directory, f), f.name,
+                              source.time_index) for f in files]
+    if source.time_index is None:
+        runs = (lines for stream in streams for lines, _ in stream)
+    else:
+        runs = (lines for _, lines in reader.merge_keyed(streams))
+    try:
+        for lines in runs:
+            printer.write_lines(lines)
+    finally:
+        printer.flush()         # what was merged so far, also when interrupted
+
+
+def _widen_pipe(out):
+    """Let a pipe on `out` hold PIPE_SIZE bytes, if it is a pipe and holds less: whoever
+    reads it is woken for every pipeful, and a pipeful of 64 KiB is a few hundred JSON
+    lines. Where that cannot be done, the pipe stays as it is."""
+    try:
+        fd = out.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
+                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, ValueError, AttributeError):   # no fd, not Linux, over the user's quota
+        pass
 
 
 def follow(args, source, printer):
