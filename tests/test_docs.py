@@ -73,6 +73,25 @@ def test_every_page_is_reachable_from_the_readme():
     assert missing == []
 
 
+def anchors(text):
+    """The #anchors of a page's headings, as GitHub makes them."""
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_link_between_pages_leads_somewhere():
+    broken = []
+    for page in PAGES:
+        text = page.read_text()
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md|)(?:#([\w-]+))?\)", text):
+            path = (page.parent / target) if target else page
+            if not path.is_file():
+                broken.append("%s: %s" % (page.name, target))
+            elif anchor and anchor not in anchors(path.read_text()):
+                broken.append("%s: %s#%s" % (page.name, target or page.name, anchor))
+    assert broken == []
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_the_examples_of_a_page_run_as_written(page, tmp_path):
     found = docblocks.blocks(page.read_text())
