@@ -470,11 +470,12 @@ class PacketReader:
     allocates n bytes for every call, a 2 MiB allocation mapped and faulted in each time
     (about 50 us for a 64 KiB chunk, 15 us for a 40-byte report, and as much again for
     a read that finds nothing); here only the packet's bytes are copied out. The buffer is
-    an anonymous mapping: only the pages the largest packet touched take memory."""
+    an anonymous mapping: only the pages the largest packet touched take memory; private,
+    so a process forked after it was made does not read into the same pages."""
 
     def __init__(self, sock, size=link.MAX_PACKET):
         self.sock = sock
-        self.buffer = mmap.mmap(-1, size)
+        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
         self.view = memoryview(self.buffer)
 
     def recv(self, flags=0):
