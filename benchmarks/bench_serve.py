@@ -4,8 +4,8 @@ For children=2 and 4, flush=1 and 0, it starts a real server, sends N acc record
 through the ingest socket (the client waits for `done`, i.e. everything written),
 stops the server, counts the lines on disk (zero loss is checked, not assumed),
 and prints records/s beside the C loop of ../shared/bench/flatloop.c run in the
-same invocation, with the ratio. Writer memory (VmRSS) is read from /proc while
-the server is loaded.
+same invocation, with the ratio. Writer memory is the peak (VmHWM, read from
+/proc once the records are written, before the stop): what a writer took under load.
 
     python benchmarks/bench_serve.py [--records 300000] [--rounds 3]
 """
@@ -48,13 +48,14 @@ def payload(records):
 
 
 def writer_rss_kb(server):
-    """The largest VmRSS of the writer processes (the `writer child=` rows of ps)."""
+    """The largest peak RSS (VmHWM) of the writer processes (the `writer child=` rows of
+    ps); VmRSS, read after the load, would miss memory freed since."""
     pids = [int(line.split("PID=")[1].split()[0])
             for line in server.mi("ps").decode().splitlines() if "writer child=" in line]
     rss = []
     for pid in pids:
         for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmHWM:"):
                 rss.append(int(line.split()[1]))
     return max(rss)
 

@@ -16,7 +16,7 @@ from kamflat.proto import link
 from kamflat.server.ingest import Ingest
 from kamflat.server.rotation import Rotator
 from kamflat.server.shm import SharedState
-from kamflat.server.writer import Writer, seqpacket_pair
+from kamflat.server.writer import PacketReader, Writer, seqpacket_pair
 from kamflat.tools import tally
 
 
@@ -65,6 +65,21 @@ class Link:
 
     def written(self):
         return self.state.cell("flatstore", "acc_written")[0]
+
+
+def test_a_packet_reader_gives_each_packet_whole_as_recv_does():
+    a, b = seqpacket_pair()
+    reader = PacketReader(b)
+    b.setblocking(False)
+    for packet in (link.chunk(7, 1, b"x" * 200_000 + b"\n"), link.encode(link.Message("reached"))):
+        a.send(packet)
+    assert reader.recv() == link.chunk(7, 1, b"x" * 200_000 + b"\n")
+    assert link.decode(reader.recv()).kind == "reached"    # the shorter one after, alone
+    with pytest.raises(BlockingIOError):
+        reader.recv()
+    a.close()
+    assert reader.recv() == b""
+    b.close()
 
 
 def test_flush_0_reports_a_chunk_only_after_its_block_write(tmp_path):

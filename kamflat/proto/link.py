@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from kamflat.proto import ingest as ingestwire
 
 HEADER = struct.Struct("!cQQ")
+MAX_PACKET = 1 << 21          # what a side reads at most as one packet (chunks are far smaller)
 MAX_REPORT_ERRORS = 1000      # per chunk; the rest are counted, not described
 
 KINDS = {   # name -> kind byte

@@ -25,6 +25,7 @@ from kamflat.proto import ingest as ingestwire
 from kamflat.proto import link
 from kamflat.server.child import ChildProcess
 from kamflat.server.senders import IDLE_TIMEOUT, MAX_CONNECTIONS, AcceptGate
+from kamflat.server.writer import PacketReader
 
 log = logging.getLogger("kamflat.server.ingest")
 
@@ -56,6 +57,7 @@ class Ingest(ChildProcess, AcceptGate):
         self.queue = collections.deque()      # chunks waiting for a writer with room
         self.ledger = link.Ledger([w.fileno() for w in self.writers])
         self.by_writer_fd = {w.fileno(): w for w in self.writers}
+        self.readers = {w.fileno(): PacketReader(w) for w in self.writers}
         self.next_writer = 0
         self.counter = 0
         self.stopping = False
@@ -255,7 +257,7 @@ class Ingest(ChildProcess, AcceptGate):
         if events & selectors.EVENT_READ:
             while True:
                 try:
-                    packet = writer.recv(1 << 21)
+                    packet = self.readers[writer.fileno()].recv()
                 except BlockingIOError:
                     break
                 self.take_report(writer.fileno(), link.decode(packet))
@@ -332,7 +334,9 @@ class Ingest(ChildProcess, AcceptGate):
 
     def _interest(self, fileobj, events, callback):
         try:
-            current = self.sel.get_key(fileobj).events
+            # Looked up by number: the KeyError of an unregistered socket would otherwise
+            # be formatted with the socket's repr (getsockname, getpeername) every turn.
+            current = self.sel.get_key(fileobj.fileno()).events
         except KeyError:
             current = 0
         if events == current:

@@ -25,6 +25,7 @@ What the writer promises:
 """
 import collections
 import logging
+import mmap
 import selectors
 import socket
 import time
@@ -56,6 +57,7 @@ class Writer(ChildProcess):
         self.conn = connection
         self.state = state
         self.data_sock = data_sock
+        self.data_reader = PacketReader(data_sock) if data_sock is not None else None
         self.control_sock = control_sock
         self.udp_socks = list(udp_socks)
         self.sip = sip_handler
@@ -178,7 +180,7 @@ class Writer(ChildProcess):
     # -- input --------------------------------------------------------------
     def on_data(self):
         try:
-            message = self.data_sock.recv(1 << 21, socket.MSG_DONTWAIT)
+            message = self.data_reader.recv(socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         if message:
@@ -461,6 +463,24 @@ class Writer(ChildProcess):
                   lines + sip, lines, len({c.conn_id for c in chunks}),
                   ", ".join(sorted({"%#x" % c.conn_id for c in chunks})) or "-", sip,
                   self.last_failure)
+
+
+class PacketReader:
+    """Reads one link packet at a time from `sock` into a buffer kept for it. recv(n)
+    allocates n bytes for every call, a 2 MiB allocation mapped and faulted in each time
+    (about 50 us for a 64 KiB chunk, 15 us for a 40-byte report, and as much again for
+    a read that finds nothing); here only the packet's bytes are copied out. The buffer is
+    an anonymous mapping: only the pages the largest packet touched take memory; private,
+    so a process forked after it was made does not read into the same pages."""
+
+    def __init__(self, sock, size=link.MAX_PACKET):
+        self.sock = sock
+        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        self.view = memoryview(self.buffer)
+
+    def recv(self, flags=0):
+        """The next packet (b"" at the peer's close), as sock.recv(size, flags) gives it."""
+        return bytes(self.view[:self.sock.recv_into(self.buffer, 0, flags)])
 
 
 def seqpacket_pair(buffer=1 << 21):
