@@ -47,7 +47,7 @@ BAD = [
     (b'{"table": "acc", "values": [{"blob": "!!"}]}', "value 0: blob is not valid base64"),
     (b'{"table": "acc", "values": [{"bigint": "1"}]}', "value 0: bigint must be an integer"),
     (b'\xff\xfe', "not valid JSON"),
-    (b'{"table": "acc", "values": [%s]}' % (b"[" * 5000 + b"]" * 5000), "not valid JSON"),
+    (b'{"table": "acc", "values": [%s]}' % (b"[" * 50000 + b"]" * 50000), "not valid JSON: nested too deeply"),
 ]
 
 
@@ -63,7 +63,7 @@ TEXT_ONLY = [    # lines decode_text hands to decode_line: whitespace, BOMs, lon
     b'\xef\xbb\xbf{"table": "acc", "values": [1]}',
     b'{"table": "acc", "values": [1], "table": "b"}', b'"acc"', b'',
     b'{"table": "acc", "values": ["%s"]}' % (b"x" * 70000),
-    b'{"table": "acc", "values": [' + b"[" * 5000 + b"]" * 5000 + b']}',
+    b'{"table": "acc", "values": [' + b"[" * 50000 + b"]" * 50000 + b']}',
 ]
 
 

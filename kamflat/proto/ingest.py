@@ -105,8 +105,10 @@ def decode_line(line):
         raise IngestError("line longer than %d bytes" % MAX_LINE)
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested too deep)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise IngestError("not valid JSON: %s" % exc)
+    except RecursionError:     # how deep json can go depends on the Python version
+        raise IngestError("not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise IngestError("expected a JSON object like {\"table\": ..., \"values\": [...]}")
     table = obj.get("table")
