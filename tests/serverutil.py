@@ -79,6 +79,15 @@ class Server(KamflatServer):
         return lines
 
 
+def running(pid):
+    """True while `pid` exists and is not a zombie (an orphan's zombie may stay unreaped)."""
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            return "zombie" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
 def open_files_of(pid):
     """The paths process `pid` holds open (a vanished process holds none)."""
     paths = []

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from conftest import wait_until
-from serverutil import Server, statistic
+from serverutil import Server, running, statistic
 from kamflat.client import send
 from kamflat.tools import tally
 
@@ -176,9 +176,8 @@ def test_a_killed_master_leaves_no_ingest_socket(tmp_path):
         children = server.pids()[1:]
         server.process.kill()
         server.process.wait(10)
-        wait_until(lambda: not any(os.path.exists("/proc/%d" % p) and "zombie" not in
-                                   open("/proc/%d/status" % p).read() for p in children),
-                   30, what="the children to stop")
+        # (running() reads /proc/PID/status once: a child may vanish at any moment)
+        wait_until(lambda: not any(map(running, children)), 30, what="the children to stop")
     finally:
         server.stop()
     assert not server.ingest.exists() and not server.fifo.exists()

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import kamflat_argv, kamflat_env, run_kamflat, wait_until
-from serverutil import Server, open_files_of, statistic
+from serverutil import Server, open_files_of, running, statistic
 from kamflat.client import send, send_bytes
 
 
@@ -237,15 +237,6 @@ def test_flush_0_writes_a_quiet_servers_records_within_a_second_or_so(tmp_path):
         wait_until(lambda: len(server.lines()) == 10, 5, what="buffered records on disk")
         assert all(line.endswith(b"\n") for line in server.lines())
     check_exactly_once(server.lines(), 10)
-
-
-def running(pid):
-    """True while `pid` exists and is not a zombie (an orphan's zombie may stay unreaped)."""
-    try:
-        with open("/proc/%d/status" % pid) as status:
-            return "zombie" not in status.read()
-    except FileNotFoundError:
-        return False
 
 
 def test_children_stop_cleanly_when_the_master_is_killed(tmp_path):
