@@ -411,10 +411,14 @@ def test_fifo_directory_deleted_and_made_again(tmp_path, monkeypatch, caplog, wa
         caplog.set_level("WARNING")
         os.unlink(path)
         run_dir.rmdir()
-        time.sleep(0.5)     # ten loop turns or so without a directory
+        # The outage noticed (however busy the machine), then more turns without a
+        # directory, each retrying: still one line.
+        wait_until(lambda: any("cannot create" in r.getMessage() for r in caplog.records),
+                   timeout=10, what="the missing directory noticed")
+        time.sleep(0.5)
         run_dir.mkdir()
         wait_until(lambda: os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode),
-                   timeout=2, what="FIFO recreated")
+                   timeout=10, what="FIFO recreated")
         probe(srv)
         cannot = [r for r in caplog.records if "cannot create" in r.getMessage()]
         assert len(cannot) == 1
