@@ -230,20 +230,17 @@ class Writer(ChildProcess):
     def take_sip_records(self, records):
         """Write one request's records (before its reply is sent); False when they
         could not be written yet: they stay pending and nothing more is taken."""
+        records = collections.deque(records)
         if not self.pending:
-            # Nothing waits (nearly always): written here, without the queue. When a
+            # Nothing waits (nearly always): written here, without work()'s loop. When a
             # write fails, the records left take the queue's way: work() tries again
-            # at once, and counts, logs and schedules the retries as for any record.
-            conn, done = self.conn, 0
+            # at once, and logs and schedules the retries as for any record.
             try:
-                for table, values in records:
-                    conn.use_table(table)
-                    conn.insert(None, values)
-                    done += 1
+                self.write_records(records)
                 return True
             except FlatstoreError:
-                records = records[done:]
-        self.pending.append(collections.deque(records))
+                pass
+        self.pending.append(records)
         self.work()
         return not self.pending
 
