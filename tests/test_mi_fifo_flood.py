@@ -1,7 +1,7 @@
 """Issue 14 item 7: one MI client cannot hold the others.
 
-One writer process floods the MI FIFO with 1 MiB of tiny requests, again and again
-until five probes were answered during it; meanwhile another client asks again and again. Each of its requests, once written, must be answered
+One writer process floods the MI FIFO with 1 MiB of tiny requests (in more rounds if
+fewer than three probes got in during it); meanwhile another client asks again and again. Each of its requests, once written, must be answered
 within 100 ms. Its write itself may first wait for room in the pipe, which the kernel
 shares between the two writers as it likes (the server takes a page at a time): that
 wait is printed, not asserted.
@@ -19,22 +19,16 @@ import pytest
 from test_mi_fifo import TAG, Running
 from kamflat.tools.fifoclient import make_reply_fifo, read_reply, write_request
 
-# Writes the flood (stdin) again and again, whole, until the file argv[2] exists (the
-# test saw enough probes answered during it) or argv[3] floods were written; prints how
-# many. One 1 MiB flood could be over before a probe got in once the server got faster.
 FLOODER = """
 import os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY)
-flood = sys.stdin.buffer.read()
-times = 0
-while times < int(sys.argv[3]) and not os.path.exists(sys.argv[2]):
-    view = memoryview(flood)
-    while view:
-        view = view[os.write(fd, view):]
-    times += 1
-print(times)
+view = memoryview(sys.stdin.buffer.read())
+while view:
+    view = view[os.write(fd, view):]
 """
-MAX_FLOODS = 64
+# One 1 MiB flood can be over before a probe got in (a fast server): the flood is sent
+# again, as a round of its own, until three probes were answered during floods.
+MAX_ROUNDS = 8
 KINDS = {
     "reply FIFO missing": b":version:%s_none\n\n",
     "reply FIFO without reader": b":version:%s_deaf\n\n",
@@ -53,47 +47,48 @@ def test_flood_of_tiny_requests_holds_up_nobody(tmp_path, kind):
         clean = srv.ask(probe, TAG + "_probe")
         one = KINDS[kind] % TAG.encode()
         flood = one * ((1 << 20) // len(one))
-        enough = str(tmp_path / "enough")
-        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, srv.path, enough,
-                                    str(MAX_FLOODS)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        started = time.monotonic()
-        flooder.stdin.write(flood)
-        flooder.stdin.close()
         served, whole = [], []      # after the write returned / including the write
-        while flooder.poll() is None:
-            fd = make_reply_fifo(probe_path)
-            try:
-                asked = time.monotonic()
-                write_request(srv.path, probe, 30)
-                written = time.monotonic()
-                assert read_reply(fd, 30) == clean
-                done = time.monotonic()
-            finally:
-                os.close(fd)
-                os.unlink(probe_path)
-            if flooder.poll() is None:      # still flooding when answered
-                served.append(done - written)
-                whole.append(done - asked)
-                if len(served) == 5:
-                    open(enough, "w").close()
-        flood_time = time.monotonic() - started
-        assert flooder.wait(10) == 0
-        floods = int(flooder.stdout.read())
-        print("%s: %d MiB of flood in %.2f s, %d probes answered during it, max %.1f ms "
-              "after the write, median %.1f ms with the write" % (
-                  kind, floods, flood_time, len(served), 1000 * max(served, default=0),
+        rounds, flood_time = 0, 0.0
+        while len(served) < 3 and rounds < MAX_ROUNDS:
+            rounds += 1
+            flooder = subprocess.Popen([sys.executable, "-c", FLOODER, srv.path],
+                                       stdin=subprocess.PIPE)
+            started = time.monotonic()
+            flooder.stdin.write(flood)
+            flooder.stdin.close()
+            while flooder.poll() is None:
+                fd = make_reply_fifo(probe_path)
+                try:
+                    asked = time.monotonic()
+                    write_request(srv.path, probe, 30)
+                    written = time.monotonic()
+                    assert read_reply(fd, 30) == clean
+                    done = time.monotonic()
+                finally:
+                    os.close(fd)
+                    os.unlink(probe_path)
+                if flooder.poll() is None:      # still flooding when answered
+                    served.append(done - written)
+                    whole.append(done - asked)
+            flood_time += time.monotonic() - started
+            assert flooder.wait(10) == 0
+        print("%s: %d floods of 1 MiB in %.2f s, %d probes answered during them, max %.1f "
+              "ms after the write, median %.1f ms with the write" % (
+                  kind, rounds, flood_time, len(served), 1000 * max(served, default=0),
                   1000 * statistics.median(whole or [0])))
         assert len(served) >= 3
         assert max(served) < 0.1
         # every flood request is accounted for (a probe landing inside the flood's
         # non-atomic write cuts one flood request into two dropped pieces)
-        srv.server.jobs.tick(time.monotonic() + 10)     # give up on the deaf client now
+        # A probe after the flood is answered only once every flood request before it was
+        # read and taken (the FIFO keeps their order); then give up on the deaf client.
+        assert srv.ask(probe, TAG + "_probe") == clean
+        srv.server.jobs.tick(time.monotonic() + 10)
         dropped = srv.management.statistics._values[("mi_fifo", "dropped")]
         errors = srv.management.statistics._values[("mi_fifo", "errors")]
-        requests = floods * (len(flood) // len(one))
+        requests = rounds * (len(flood) // len(one))
         counted = dropped + (errors if kind == "unknown command" else 0)
-        assert requests - 2 * (len(whole) + 1) <= counted
+        assert requests - 2 * (len(whole) + rounds) <= counted
         # a few log lines, the repeats counted
         assert len(srv.records) < 200
         assert any("more like this)" in r for r in srv.records)
