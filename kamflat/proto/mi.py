@@ -111,13 +111,17 @@ def _wire_length(s):
         return len(s.encode("utf-8", "surrogatepass"))
 
 
-def check_reply_name(name, reply_dir):
-    """Why Kamailio would refuse this reply FIFO name, or None if it is fine."""
+def check_reply_name(name, reply_dir, path_length=None):
+    """Why Kamailio would refuse this reply FIFO name, or None if it is fine.
+
+    path_length: the wire length of reply_dir + name when the caller has it already
+    (the MI parser has the name's bytes)."""
     if _FORBIDDEN.search(name):
         return "Forbidden reply fifo filename: %s" % name
-    length = _wire_length(reply_dir) + _wire_length(name)
-    if length > REPLY_PATH_MAX:
-        return "Reply fifo filename too long %d" % length
+    if path_length is None:
+        path_length = _wire_length(reply_dir) + _wire_length(name)
+    if path_length > REPLY_PATH_MAX:
+        return "Reply fifo filename too long %d" % path_length
     return None
 
 
@@ -139,6 +143,7 @@ class MIParser:
         self.commands = None if commands is None else frozenset(commands)
         self.no_input = frozenset(no_input)
         self.reply_dir = reply_dir
+        self._dir_length = _wire_length(reply_dir)
         self._buf = bytearray()
         self._queued = []
         self._reset()
@@ -146,7 +151,7 @@ class MIParser:
     def _reset(self):
         self._state = _FIRST
         self._after_skip = _FIRST
-        self._head = None          # (command, reply_name, first line) of the current request
+        self._head = None          # (command, reply_name, first line's bytes) of the current request
         self._emit_at_end = False  # a NO_INPUT request being drained is emitted at its end
         self._args = []
         self._budget = ARG_BUFFER
@@ -180,7 +185,7 @@ class MIParser:
         """Forget the current request; a ProtocolDrop if it was a live one."""
         events = []
         if self._state in (_ARGS, _QUOTE) or self._emit_at_end:
-            events.append(ProtocolDrop(reason, self._head[2]))
+            events.append(ProtocolDrop(reason, text(self._head[2])))
         self._reset()
         return events
 
@@ -208,15 +213,14 @@ class MIParser:
                 continue
             line = bytes(self._buf[:nl + 1])
             del self._buf[:nl + 1]
-            event = self._line(line)
+            event = self._first_line(line) if self._state == _FIRST else self._line(line)
             if event is not None:
                 return event
 
     # -- one line, by state ------------------------------------------------
 
     def _line(self, line):
-        if self._state == _FIRST:
-            return self._first_line(line)
+        """A line inside a request (next_event takes first lines to _first_line)."""
         if self._interrupts(line):
             self._queued.extend(self._drop_current("request without its end line; the next request began"))
             event = self._first_line(line)
@@ -250,29 +254,36 @@ class MIParser:
 
     def _first_line(self, line):
         stripped = line.rstrip(_TRIM)
-        shown = text(stripped[:200])
         if not stripped.strip(_WS):
             return None         # stray empty line: skipped (Kamailio would swallow the next request)
         self._state = _DRAIN    # every drop discards the rest of its request
         if len(stripped) < 3:
-            return ProtocolDrop("fifo command must have at least 3 chars", shown)
+            return ProtocolDrop("fifo command must have at least 3 chars", text(stripped[:200]))
         if stripped[:1] != b":":
-            return ProtocolDrop("fifo command must begin with ':'", shown)
+            return ProtocolDrop("fifo command must begin with ':'", text(stripped[:200]))
         sep = stripped.find(b":", 1)
         if sep < 0:
-            return ProtocolDrop("file separator missing in fifo command", shown)
+            return ProtocolDrop("file separator missing in fifo command", text(stripped[:200]))
         if sep == 1:
-            return ProtocolDrop("empty fifo command", shown)
+            return ProtocolDrop("empty fifo command", text(stripped[:200]))
         command, reply_name = text(stripped[1:sep]), text(stripped[sep + 1:])
-        refused = check_reply_name(reply_name, self.reply_dir) if reply_name else None
-        if refused:
-            return ProtocolDrop(refused, shown)
         if not reply_name:
-            return ProtocolDrop("no reply fifo name after the second ':'", shown)
-        self._head = (command, reply_name, shown)
+            return ProtocolDrop("no reply fifo name after the second ':'", text(stripped[:200]))
+        # the name's wire length is its bytes' (text() keeps every byte)
+        refused = check_reply_name(reply_name, self.reply_dir,
+                                   self._dir_length + len(stripped) - sep - 1)
+        if refused:
+            return ProtocolDrop(refused, text(stripped[:200]))
+        self._head = (command, reply_name, stripped[:200])
         if self.commands is not None and command not in self.commands:
             return UnknownCommand(command, reply_name)
         if command in self.no_input:
+            if self._buf[:1] == b"\n":
+                # the end line follows at once, as kamctl writes it: the request is
+                # complete, with nothing to drain (what _DRAIN would do, in one step)
+                del self._buf[:1]
+                self._state = _FIRST
+                return Request(command, reply_name)
             self._emit_at_end = True
         else:
             self._state = _ARGS

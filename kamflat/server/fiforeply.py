@@ -133,6 +133,10 @@ class ReplyJobs:
         """Queue a job for the reply FIFO at `path` (see the module docstring)."""
         job = ReplyJob(path, label, run, slow)
         queue = self._queues.get(path)
+        if queue is None:           # nothing else waits for this reply FIFO: the usual case
+            self._queues[path] = collections.deque((job,))
+            self._begin(job, time.monotonic())
+            return
         if queue and queue[0].delivered:
             # its client may ask again as soon as it has its EOF, before the helper's note
             # that it is done comes: it is done, the new job need not wait behind it
@@ -150,13 +154,16 @@ class ReplyJobs:
             self._begin(job, time.monotonic())
 
     def start_slow(self):
-        """Take note of the slow jobs done, then hand the ones whose reply FIFO opened
-        in this loop turn to the helper thread; the loop calls it just before it
-        waits for IO."""
-        self.collect_slow()
-        for job in self._to_helper:
-            self._slow.submit(job, lambda job=job: self._run_and_write(job))
-        self._to_helper.clear()
+        """Take note of the slow jobs the helper finished without waking the loop (a
+        new job for the same reply FIFO does not wait for this: see submit()), then
+        hand the ones whose reply FIFO opened in this loop turn to the helper thread;
+        the loop calls it just before it waits for IO."""
+        if self._slow.done:
+            self._on_slow_done(None, None)
+        if self._to_helper:
+            for job in self._to_helper:
+                self._slow.submit(job, lambda job=job: self._run_and_write(job))
+            self._to_helper.clear()
 
     def next_timeout(self, longest):
         """How long the loop may wait for IO before a job needs a retry."""
@@ -228,12 +235,6 @@ class ReplyJobs:
         """On the helper thread: does the loop have to act on this job now?"""
         return job.fd is not None or len(self._queues.get(job.path, ())) > 1
 
-    def collect_slow(self):
-        """Take note of the slow jobs the helper finished without waking the loop (a
-        new job for the same reply FIFO does not wait for this: see submit())."""
-        if self._slow.done:
-            self._on_slow_done(None, None)
-
     def _on_slow_done(self, fd, mask):
         for job, result in self._slow.finished(woken=fd is not None):
             if job.delivered:
@@ -252,15 +253,16 @@ class ReplyJobs:
                 result.action()
             return
         job.data = result
-        job.give_up = time.monotonic() + self.reply_write_timeout
         self._write(job)
 
     def _write(self, job):
         try:
             while job.offset < len(job.data):
-                job.offset += os.write(job.fd, job.data[job.offset:])
+                job.offset += os.write(job.fd, job.data[job.offset:] if job.offset else job.data)
         except BlockingIOError:
             if job.fd not in self._writing:
+                # the reader has reply_write_timeout from the first write it did not take
+                job.give_up = time.monotonic() + self.reply_write_timeout
                 self._writing[job.fd] = job
                 self._sel.register(job.fd, selectors.EVENT_WRITE, self._on_writable)
             return

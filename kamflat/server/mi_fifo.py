@@ -48,6 +48,7 @@ class MIFifoServer(FifoServer):
         self.reply_dir = reply_dir
         self.reply_indent = reply_indent
         self.management = management
+        self._stats = getattr(management, "statistics", None)  # None: nothing counts
         self.commands = MICommands(modules, management)
         self.reader = self.parser = mi.MIParser(self.commands.names, self.commands.no_input,
                                                 reply_dir)
@@ -64,10 +65,9 @@ class MIFifoServer(FifoServer):
         except (OSError, KeyError) as e:
             raise MIFifoError("cannot create MI FIFO %s: %s"
                               % (self.fifo_name, getattr(e, "strerror", e))) from None
-        stats = getattr(self.management, "statistics", None)
-        if stats is not None:       # mi_fifo:requests / errors / dropped, for get_statistics
+        if self._stats is not None:   # mi_fifo:requests / errors / dropped, for get_statistics
             for name in ("requests", "errors", "dropped"):
-                stats.register("mi_fifo", name)
+                self._stats.register("mi_fifo", name)
         log.info("MI FIFO listening on %s", self.fifo_name)
 
     def on_event(self, event):
@@ -113,6 +113,5 @@ class MIFifoServer(FifoServer):
         return data
 
     def _count(self, name):
-        stats = getattr(self.management, "statistics", None)
-        if stats is not None:
-            stats.add("mi_fifo", name, 1)
+        if self._stats is not None:
+            self._stats.add("mi_fifo", name, 1)
