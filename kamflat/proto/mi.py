@@ -399,6 +399,8 @@ def encode_reply(code, reason, nodes=(), indent="\t"):
     Values are not escaped (as in Kamailio): a value with a newline in it ends
     up as two lines.
     """
+    if not nodes:           # most replies (flat_rotate's 200 OK): the status line alone
+        return wire("%d %s\n\n" % (code, reason))
     out = ["%d %s\n" % (code, reason)]
     for node in nodes:
         encode_node(node, 0, indent, out)
