@@ -212,6 +212,10 @@ def main():
     for label, by_name in times.items():
         med, p99 = statistics.median(by_name[kamflat][0]), percentile(by_name[kamflat][0], 99)
         ratio = med / statistics.median(by_name["baseline"][0])
+        if args.serve:      # the writers' rotation is in it: issue 15's targets are not for this
+            print("%s: kamflat / responder median %.2fx; p99 %.0f us; kamflat / Kamailio "
+                  "3.3.7 median %.2fx" % (label, ratio, p99, med / KAMAILIO_33["median"]))
+            continue
         print("%s: kamflat / responder median %.2fx (target <= 3x) %s; p99 %.0f us (target "
               "<= 1000 us) %s; kamflat / Kamailio 3.3.7 median %.2fx"
               % (label, ratio, "OK" if ratio <= 3 else "MISSED", p99,
