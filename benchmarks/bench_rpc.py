@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
+from benchserver import KAMAILIO, MODULES, RPC_CFG, free_port  # noqa: E402
 from kamflat.server.ctl import CtlServer                      # noqa: E402
 from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer     # noqa: E402
 from kamflat.mgmt.manage import Management                  # noqa: E402
@@ -66,19 +68,15 @@ def start_kamflat(workdir):
 
 
 def start_kamailio(workdir):
-    """A real Kamailio 5.6 with jsonrpcs and ctl, or None if it is not installed (or
-    its config, kept with the tests that compare against it, cannot be loaded: that
-    needs pytest)."""
-    try:
-        from test_real_clients import KAMAILIO, KAMAILIO_CFG, MODULES, free_udp_port
-    except ImportError as exc:
-        print("bench_rpc: no Kamailio side (%s): the recorded figures are the baseline"
-              % exc, file=sys.stderr)
-        return None
-    if not (os.path.exists(KAMAILIO) and os.path.isdir(MODULES)):
+    """A real Kamailio 5.6 with jsonrpcs and ctl (the config the tests compare against),
+    or None if it is not installed."""
+    if not (os.access(KAMAILIO, os.X_OK) and os.path.isdir(MODULES)):
+        print("bench_rpc: no Kamailio side (%s not installed): the recorded figures are "
+              "the baseline" % KAMAILIO, file=sys.stderr)
         return None
     cfg = workdir / "kamailio.cfg"
-    cfg.write_text(KAMAILIO_CFG.format(port=free_udp_port(), dir=workdir, modules=MODULES))
+    cfg.write_text(string.Template(RPC_CFG.read_text()).substitute(
+        port=free_port(), dir=workdir, modules=MODULES))
     log = open(workdir / "kamailio.log", "w")
     proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-f", str(cfg)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -34,10 +34,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from benchserver import KAMAILIO, SIP_CFG as REFERENCE, free_port  # noqa: E402
 from benchserver import BenchServer as Server  # noqa: E402
 
-KAMAILIO = "/usr/sbin/kamailio"
-REFERENCE = REPO / "tests" / "data" / "acc_sip" / "kamailio-5.6-reference.cfg"
 EXTRA = "src_user=$fU;src_domain=$fd;dst_ouser=$tU"
 
 
@@ -45,12 +44,6 @@ def build_generator(tmp):
     binary = Path(tmp) / "sipload"
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "sipload.c")], check=True)
     return binary
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(port):

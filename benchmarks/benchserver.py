@@ -1,17 +1,33 @@
-"""`kamflat serve` for the benchmarks, from what a plain `pip install .` has.
+"""What the benchmarks share, from what a plain `pip install .` has.
 
 BenchServer is the pytest plugin's KamflatServer (importable without pytest) plus what
 the benchmarks look at: the processes (for their CPU), MI requests, the lines on disk.
-The benchmarks import nothing from tests/.
+Beside it, where the real Kamailio is and the configs it is run with (data files
+kept with the tests, which run the same ones: the benchmarks import nothing from tests/).
 """
 import os
+import socket
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from kamflat.pytest_plugin import KamflatServer  # noqa: E402
 from kamflat.tools.fifoclient import exchange  # noqa: E402
+
+KAMAILIO = "/usr/sbin/kamailio"                          # Debian's package kamailio
+MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+KAMAILIO_DATA = REPO / "tests" / "data"
+SIP_CFG = KAMAILIO_DATA / "acc_sip" / "kamailio-5.6-reference.cfg"   # acc, flatstore
+RPC_CFG = KAMAILIO_DATA / "kamailio-5.6-rpc.cfg"   # jsonrpcs and ctl: a string.Template
+
+
+def free_port():
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class BenchServer(KamflatServer):

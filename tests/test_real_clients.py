@@ -8,9 +8,11 @@ import os
 import re
 import shutil
 import socket
+import string
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -274,30 +276,8 @@ needs_kamailio = pytest.mark.skipif(
     not (os.path.exists(KAMAILIO) and os.path.isdir(MODULES) and KAMCMD),
     reason="Kamailio 5.6 (Debian package kamailio) not installed")
 
-KAMAILIO_CFG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-children=1
-listen=udp:127.0.0.1:{port}
-disable_tcp=yes
-run_dir="{dir}"
-mpath="{modules}/"
-loadmodule "sl.so"
-loadmodule "kex.so"
-loadmodule "ctl.so"
-loadmodule "jsonrpcs.so"
-loadmodule "db_flatstore.so"
-loadmodule "pv.so"
-loadmodule "cfg_rpc.so"
-modparam("jsonrpcs", "transport", 2)
-modparam("jsonrpcs", "fifo_name", "{dir}/kamailio_rpc.fifo")
-modparam("ctl", "binrpc", "unixs:{dir}/kamailio_ctl")
-modparam("pv", "shvset", "one=i:1")
-modparam("pv", "shvset", "two=s:abc")
-request_route {{
-    sl_send_reply("200", "OK");
-}}
-"""
+# Kamailio's config, a string.Template (benchmarks/bench_rpc.py reads it too)
+KAMAILIO_CFG = Path(__file__).parent / "data" / "kamailio-5.6-rpc.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +286,8 @@ def both(tmp_path_factory):
     from conftest import wait_until
     kdir = tmp_path_factory.mktemp("kamailio")
     cfg = kdir / "kamailio.cfg"
-    cfg.write_text(KAMAILIO_CFG.format(port=free_udp_port(), dir=kdir, modules=MODULES))
+    cfg.write_text(string.Template(KAMAILIO_CFG.read_text()).substitute(
+        port=free_udp_port(), dir=kdir, modules=MODULES))
     log = open(kdir / "kamailio.log", "w")
     proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-f", str(cfg)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
