@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import select
+import socket
 import stat
 import sys
 import threading
@@ -20,6 +21,8 @@ import pytest
 
 from conftest import DATA, run_kamflat, wait_until
 from kamflat.server.jsonrpc_fifo import JsonRpcFifoServer
+from kamflat.proto import link
+from kamflat.server.rotation import Rotator
 from kamflat.mgmt.manage import Management, Process
 
 RECORDING = json.loads((DATA / "jsonrpc_fifo_cases.json").read_text())
@@ -71,7 +74,8 @@ def make_management():
     def rotate():
         m.rotations += 1
         return []
-    m.rotate = rotate
+    m.rotate = rotate               # a stand-in: the servers run it on their helper thread
+    m.begin_rotation = None
     for name in ("rcv_requests", "fwd_requests"):
         m.statistics.register("core", name)
     m.statistics.add("core", "rcv_requests", 3)
@@ -429,16 +433,29 @@ def test_fifo_directory_deleted_and_made_again(tmp_path, monkeypatch, caplog, wa
 
 
 def hang_rotation(management, most=1.0):
-    """Make rotate() block like a rotation waiting for a hung writer (up to `most` s,
-    or until `release` is set); returns the (started, release) events."""
+    """Give `management` a real rotator with one writer that is slow to answer: it takes
+    each `rotate N` at once, then answers `rotated N` after `most` s, or once `release`
+    is set (counting management.rotations then). Returns the (started, release) events;
+    started is set when the writer has been told to rotate."""
     started, release = threading.Event(), threading.Event()
+    ours, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rotator = Rotator({1: ours}, most + 10, management.statistics)
+    writer.settimeout(most + 20)    # the thread ends once nothing more comes
 
-    def rotate():
-        started.set()
-        release.wait(most)
-        management.rotations += 1
-        return []
-    management.rotate = rotate
+    def slow_writer():
+        while True:
+            try:
+                told = link.decode(writer.recv(4096))
+            except OSError:
+                writer.close()
+                return
+            started.set()
+            release.wait(most)
+            management.rotations += 1
+            writer.send(link.encode(link.Message("rotated", told.number)))
+    threading.Thread(target=slow_writer, daemon=True).start()
+    management.rotate = rotator.rotate
+    management.begin_rotation = lambda: rotator.begin(blocking=False)
     return started, release
 
 

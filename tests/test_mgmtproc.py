@@ -7,6 +7,7 @@ import socket
 import threading
 
 from conftest import wait_until
+from test_jsonrpc_fifo import hang_rotation
 from kamflat.mgmt.manage import Management
 from kamflat.proto import binrpc
 from kamflat.server.ctl import CtlServer
@@ -113,13 +114,8 @@ def test_a_transport_that_stops_restarts_the_process(tmp_path, caplog):
 
 def test_a_slow_command_on_one_transport_holds_up_no_other(tmp_path):
     management = Management.standalone()
-    started, release = threading.Event(), threading.Event()
-
-    def rotate():
-        started.set()
-        release.wait(10)
-        return []
-    management.rotate = rotate
+    management.rotations = 0
+    started, release = hang_rotation(management, most=10)
     loop = Loop(transports(tmp_path, management))
     try:
         reply = {}

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from test_mi_fifo import TAG, Running
+from kamflat.server.fiforeply import MAX_QUEUED_PER_REPLY
 from kamflat.tools.fifoclient import make_reply_fifo, read_reply, write_request
 
 FLOODER = """
@@ -88,7 +89,10 @@ def test_flood_of_tiny_requests_holds_up_nobody(tmp_path, kind):
         # A probe after the flood is answered only once every flood request before it was
         # read and taken (the FIFO keeps their order); then give up on the deaf client.
         assert srv.ask(probe, TAG + "_probe") == clean
-        srv.server.jobs.tick(time.monotonic() + 10)
+        # each tick gives up on the deaf client's current request; the next one queued
+        # behind it (at most MAX_QUEUED_PER_REPLY) starts then, and the next tick drops it
+        for _ in range(MAX_QUEUED_PER_REPLY + 1):
+            srv.server.jobs.tick(time.monotonic() + 10)
         dropped = srv.management.statistics._values[("mi_fifo", "dropped")]
         errors = srv.management.statistics._values[("mi_fifo", "errors")]
         requests = rounds * (len(flood) // len(one))

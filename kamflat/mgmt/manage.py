@@ -104,8 +104,9 @@ class Value:
 
 
 # Commands, by their MI and RPC names, that wait for other processes (a rotation waits
-# for every writer): every transport runs them on a helper thread (fifoio.SlowCalls),
-# so they hold up no other client.
+# for every writer): they hold up no other client. The FIFO servers begin a rotation
+# with begin_rotation() and take its answers in their own loop; when another rotation
+# is under way, and in the binrpc server, they run on a helper thread (fifoio.SlowCalls).
 SLOW = frozenset(("flat_rotate", "flatstore.rotate", "flatstore.k_rotate"))
 
 
@@ -115,10 +116,14 @@ class Management:
     `rotate()` makes every writer close its files (the next record of each opens new
     ones) and returns when every writer has closed the files it had open, or when the
     time limit ran out: a list of error strings, one per writer that did not answer or
-    failed; an empty list means the rotation is complete.
+    failed; an empty list means the rotation is complete. `begin_rotation()` begins the
+    same without waiting: a `kamflat.server.rotation.Rotation`, or None when another
+    rotation is under way (rotate() waits for that one first); None as the attribute
+    itself means this server has no such thing (a test's stand-in for rotate()).
     """
 
-    def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0):
+    def __init__(self, *, argv, processes, rotate, statistics, stop, started=None, debug=0,
+                 begin_rotation=None):
         self.argv = list(argv)
         self.started = time.time() if started is None else started
         # core.debug / MI `debug`: Kamailio's log level, an int or a Value-like get()/set()
@@ -127,6 +132,7 @@ class Management:
         self.statistics = statistics
         self._processes = processes
         self.rotate = rotate
+        self.begin_rotation = begin_rotation
         self._stop = stop
 
     @property
@@ -139,13 +145,18 @@ class Management:
 
     @classmethod
     def standalone(cls, argv=None):
-        """A management view of this process alone: no writers, real everything else."""
+        """A management view of this process alone: no writers, real everything else
+        (a rotation is complete as soon as it begins)."""
+        from kamflat.server.rotation import Rotator   # the process layer's, with no writers
         me = [Process(0, os.getpid(), 0, "attendant")]
+        statistics = Statistics()
+        rotator = Rotator({}, 0, statistics)
         return cls(
             argv=sys.argv if argv is None else argv,
             processes=lambda: me,
-            rotate=lambda: [],
-            statistics=Statistics(),
+            rotate=rotator.rotate,
+            begin_rotation=lambda: rotator.begin(blocking=False),
+            statistics=statistics,
             stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
         )
 

@@ -185,7 +185,12 @@ def cmd_shv_set(m, args):
 
 def cmd_flat_rotate(m, args):
     """200 only once every writer has closed its files; otherwise say what failed."""
-    errors = m.rotate()
+    return flat_rotate_reply(m.rotate())
+
+
+def flat_rotate_reply(errors):
+    """flat_rotate's reply to a rotation with these errors (the MI FIFO server makes
+    the rotation itself: manage.SLOW)."""
     if not errors:
         return OK
     log.error("flat_rotate incomplete: %s", "; ".join(errors))

@@ -332,7 +332,15 @@ class RpcCommands:
     # -- db_flatstore
 
     def rotate(self, params):
-        errors = self.management.rotate()
-        if errors:
-            raise RpcFault(500, "rotation incomplete: " + "; ".join(map(str, errors)))
-        return []
+        return rotation_values(self.management.rotate())
+
+    def rotation_reply(self, method, errors):
+        """`method`'s reply (a rotation method) to a rotation with these errors, which
+        the JSON-RPC FIFO server made itself (manage.SLOW). Raises RpcFault."""
+        return Reply(rotation_values(errors), method.array)
+
+
+def rotation_values(errors):
+    if errors:
+        raise RpcFault(500, "rotation incomplete: " + "; ".join(map(str, errors)))
+    return []

@@ -120,6 +120,7 @@ class Arbiter:
             master = os.getppid()
             management = Management(
                 argv=self.argv, processes=self.state.processes, rotate=rotator.rotate,
+                begin_rotation=lambda: rotator.begin(blocking=False),
                 statistics=self.state, stop=lambda: os.kill(master, signal.SIGTERM),
                 started=self.started, debug=self.debug)
             management.shv.update(self.settings.model.shv)   # pv's shvset initial values

@@ -255,6 +255,8 @@ class SlowCalls:
     """Runs the commands that wait for other processes (flat_rotate waits for every
     writer, up to rotate_timeout) on one helper thread, so the server's event loop
     goes on serving every other client meanwhile. Calls run one at a time, in order.
+    (The FIFO servers wait for a rotation's writers in their own loop: they use this
+    only for a rotation that must wait for another one first; see fiforeply.py.)
 
     The loop registers `wake_fd` for reading; once it is readable, `finished()`
     gives (tag, result) for each call done since. A call that raises gives None

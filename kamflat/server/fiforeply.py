@@ -21,10 +21,14 @@ holding up another client:
    `reply_open_wait` seconds, then the job is dropped. The command
    runs only once its reply FIFO is open, so a command whose client is gone never runs
    (kamctl starts its `cat` just after writing the request: hence the wait).
-2. Then `run()` runs: on a helper thread for the slow commands (a rotation waits for
-   every writer), so the loop goes on serving everyone else meanwhile. A slow job is
-   handed to the helper only when the loop turn is over, just before the loop waits
-   for IO, so the two threads do not take the GIL from each other meanwhile.
+2. Then `run()` runs. A rotation (a job given `rotation`) is begun here and its
+   writers' answers are read in this loop, like any other IO; once all have answered
+   (or the rotation's time limit is over) its reply is made from what failed, and the
+   loop has gone on serving everyone else meanwhile. The other slow commands, and a
+   rotation asked for while another is under way (which it must wait for), run on a
+   helper thread. A slow job is handed to the helper only when the loop turn is over,
+   just before the loop waits for IO, so the two threads do not take the GIL from
+   each other meanwhile.
 3. The reply is written without blocking; a reader that has not taken all of it after
    `reply_write_timeout` seconds is given up. The helper thread writes a slow
    command's reply itself and closes the reply FIFO when the pipe took all of it (a
@@ -66,14 +70,17 @@ MAX_QUEUED_PER_REPLY = 16
 class ReplyJob:
     """One request on its way to its reply FIFO."""
 
-    __slots__ = ("path", "label", "run", "slow", "fd", "data", "offset", "give_up", "next_try",
-                 "delivered")
+    __slots__ = ("path", "label", "run", "slow", "begin", "answer", "rotating", "fd", "data",
+                 "offset", "give_up", "next_try", "delivered")
 
-    def __init__(self, path, label, run, slow):
+    def __init__(self, path, label, run, slow, rotation=None):
         self.path = path
         self.label = label          # the command, for the log
         self.run = run              # () -> reply bytes, or an object with .action() (MI kill)
         self.slow = slow            # run it on the helper thread
+        # a rotation: begin() -> Rotation or None, answer(errors) -> what run() returns
+        self.begin, self.answer = rotation or (None, None)
+        self.rotating = None        # the Rotation begun, while it waits for answers
         self.fd = None
         self.data = None
         self.offset = 0
@@ -100,6 +107,7 @@ class ReplyJobs:
         self._opening = {}          # jobs whose reply FIFO has no reader yet (ordered set)
         self._writing = {}          # fd -> job whose reply waits for the reader to drain
         self._to_helper = []        # slow jobs whose reply FIFO is open: start_slow() hands them on
+        self._rotating = {}         # jobs whose rotation waits for writers' answers (ordered set)
         self._sel = None
         self._slow = None
         self._closing = False
@@ -113,6 +121,10 @@ class ReplyJobs:
     def close(self):
         """Drop what is left (finishing a slow command first); close every reply FIFO."""
         self._closing = True
+        for job in list(self._rotating):
+            # before the helper: a rotation waiting there for this one's lock must get it
+            self._end_rotation(job, deliver=False)
+            self._finish(job, "server shutting down")
         if self._slow is not None:
             self.start_slow()
             for job, _ in self._slow.close():
@@ -129,9 +141,14 @@ class ReplyJobs:
                     self._finish(job, "server shutting down before the reply was read")
         self.log.tick(float("inf"))
 
-    def submit(self, path, label, run, slow=False):
-        """Queue a job for the reply FIFO at `path` (see the module docstring)."""
-        job = ReplyJob(path, label, run, slow)
+    def submit(self, path, label, run, slow=False, rotation=None):
+        """Queue a job for the reply FIFO at `path` (see the module docstring).
+
+        rotation: for a rotation, (begin, answer): begin() -> a Rotation
+        (kamflat.server.rotation), or None when one is under way already (then run()
+        goes to the helper thread, where it waits for that one); answer(errors) -> what
+        run() returns, from the rotation's errors."""
+        job = ReplyJob(path, label, run, slow, rotation)
         queue = self._queues.get(path)
         if queue is None:           # nothing else waits for this reply FIFO: the usual case
             self._queues[path] = collections.deque((job,))
@@ -166,10 +183,12 @@ class ReplyJobs:
             self._to_helper.clear()
 
     def next_timeout(self, longest):
-        """How long the loop may wait for IO before a job needs a retry."""
-        if not self._opening:
+        """How long the loop may wait for IO before a job needs a retry (or a rotation's
+        time limit is over)."""
+        if not self._opening and not self._rotating:
             return longest
-        soonest = min(job.next_try for job in self._opening)
+        soonest = min([job.next_try for job in self._opening] +
+                      [job.rotating.deadline for job in self._rotating])
         return max(0.0, min(longest, soonest - time.monotonic()))
 
     def tick(self, now):
@@ -177,6 +196,9 @@ class ReplyJobs:
         if self._opening:
             for job in [j for j in self._opening if j.next_try <= now]:
                 self._try_open(job, now)
+        if self._rotating:
+            for job in [j for j in self._rotating if j.rotating.deadline <= now]:
+                self._end_rotation(job)
         if self._writing:
             for job in [j for j in self._writing.values() if j.give_up <= now]:
                 self._finish(job, "the reader did not read it within %.1f s"
@@ -208,10 +230,45 @@ class ReplyJobs:
             return
         self._opening.pop(job, None)
         job.fd = fd
-        if job.slow:
+        if job.begin is not None:
+            self._begin_rotation(job)
+        elif job.slow:
             self._to_helper.append(job)
         else:
             self._deliver(job, job.run())
+
+    # -- a rotation, in the loop ------------------------------------------------
+
+    def _begin_rotation(self, job):
+        try:
+            rotation = job.rotating = job.begin()
+        except Exception as exc:    # the client is told, as when a command fails
+            self.log.error("%s: rotation for %s failed: %s", self.what, job.path, exc)
+            self._deliver(job, job.answer(["rotation failed: %s" % exc]))
+            return
+        if rotation is None:        # another one is under way: the helper waits for it
+            self._to_helper.append(job)
+            return
+        if rotation.done:           # no writer to wait for
+            self._end_rotation(job)
+            return
+        self._rotating[job] = None
+        self._sel.register(rotation, selectors.EVENT_READ, lambda fd, mask: self._on_answers(job))
+
+    def _on_answers(self, job):
+        job.rotating.take_ready()
+        if job.rotating.done:
+            self._end_rotation(job)
+
+    def _end_rotation(self, job, deliver=True):
+        """Every writer answered, or the time is up: the reply from what failed."""
+        rotation, job.rotating = job.rotating, None
+        if job in self._rotating:
+            del self._rotating[job]
+            self._sel.unregister(rotation)
+        errors = rotation.finish()
+        if deliver:
+            self._deliver(job, job.answer(errors))
 
     @staticmethod
     def _run_and_write(job):

@@ -30,8 +30,9 @@ log = logging.getLogger("kamflat.proto.jsonrpc")
 PIPE_SIZE = 16384
 
 
-def answer(request, commands, formatted=True):
-    """Run one valid request. Returns (reply bytes, error line to log or None)."""
+def answer(request, commands, formatted=True, rotated=None):
+    """Run one valid request. Returns (reply bytes, error line to log or None).
+    rotated: the errors of the rotation this server made for a rotation method."""
     ident = dict(id=request.id, has_id=request.has_id, formatted=formatted)
     if request.method is None:
         return jsonrpc.encode_reply(result={}, **ident), "missing jsonrpc method field in request"
@@ -41,7 +42,10 @@ def answer(request, commands, formatted=True):
                                      **ident),
                 "method callback not found [%s]" % request.method)
     try:
-        reply = commands.call(method, Params(request.params, "json"))
+        if rotated is None:
+            reply = commands.call(method, Params(request.params, "json"))
+        else:
+            reply = commands.rotation_reply(method, rotated)
     except RpcFault as fault:
         return jsonrpc.encode_reply(error=jsonrpc.error_object(fault.code, fault.message),
                                     **ident), None
@@ -67,6 +71,7 @@ class JsonRpcFifoServer(FifoServer):
                                 log, "jsonrpcs FIFO")
         self.reply_dir = reply_dir or "/tmp/"
         self.formatted = pretty_format != 0
+        self.management = management
         self.commands = RpcCommands(management)
         self.reader = jsonrpc.FifoStream()
         super().__init__(**timeouts)
@@ -101,13 +106,16 @@ class JsonRpcFifoServer(FifoServer):
                 self._error_job(request.reply_name, request.error, request.id, request.has_id)
             return
 
-        def run():
-            reply, problem = answer(request, self.commands, self.formatted)
+        def run(rotated=None):
+            reply, problem = answer(request, self.commands, self.formatted, rotated)
             if problem:
                 self.limited.error("jsonrpc fifo: %s", problem)
             return reply
 
-        self._submit(request.reply_name, request.method, run, slow=request.method in SLOW)
+        slow = request.method in SLOW
+        begin = getattr(self.management, "begin_rotation", None) if slow else None
+        self._submit(request.reply_name, request.method, run, slow,
+                     rotation=(begin, run) if begin else None)
 
     def _error_job(self, reply_name, error, ident, has_id):
         """Tell a client its document was refused, if it said where to reply."""
@@ -120,8 +128,8 @@ class JsonRpcFifoServer(FifoServer):
                                      formatted=self.formatted)
         self._submit(reply_name, "error reply", lambda: reply)
 
-    def _submit(self, reply_name, label, run, slow=False):
-        self.jobs.submit(os.path.join(self.reply_dir, reply_name), label, run, slow)
+    def _submit(self, reply_name, label, run, slow=False, rotation=None):
+        self.jobs.submit(os.path.join(self.reply_dir, reply_name), label, run, slow, rotation)
 
 
 def _excerpt(data, limit=120):

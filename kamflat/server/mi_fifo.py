@@ -22,7 +22,7 @@ from kamflat.proto import mi
 from kamflat.server.fifoio import ServerFifo, WatchedFifo
 from kamflat.server.fiforeply import FifoServer
 from kamflat.mgmt.manage import SLOW
-from kamflat.mgmt.mi_commands import MICommands, Reply
+from kamflat.mgmt.mi_commands import MICommands, Reply, flat_rotate_reply
 
 log = logging.getLogger("kamflat.server.mi_fifo")
 
@@ -72,9 +72,14 @@ class MIFifoServer(FifoServer):
 
     def on_event(self, event):
         if isinstance(event, mi.Request):
-            self._submit(event.reply_name, event.command,
-                         lambda: self._run(event.command, event.args),
-                         slow=event.command in SLOW)
+            command = event.command
+            rotation = None
+            if command in SLOW and getattr(self.management, "begin_rotation", None):
+                rotation = (self.management.begin_rotation,
+                            lambda errors: self._answer(command, lambda: flat_rotate_reply(errors)))
+            self._submit(event.reply_name, command,
+                         lambda: self._answer(command, lambda: self.commands.run(command, event.args)),
+                         slow=command in SLOW, rotation=rotation)
             return
         self._count("errors" if not isinstance(event, mi.ProtocolDrop) else "dropped")
         if isinstance(event, mi.UnknownCommand):
@@ -89,14 +94,15 @@ class MIFifoServer(FifoServer):
             return
         self._submit(event.reply_name, event.command, lambda: reply)
 
-    def _submit(self, reply_name, command, run, slow=False):
-        self.jobs.submit(self.reply_dir + reply_name, command, run, slow)
+    def _submit(self, reply_name, command, run, slow=False, rotation=None):
+        self.jobs.submit(self.reply_dir + reply_name, command, run, slow, rotation)
 
-    def _run(self, command, args):
-        """Run a command (its reply FIFO is open now): the reply bytes, or CloseThen."""
+    def _answer(self, command, run):
+        """Run a command (its reply FIFO is open now) by calling run(): the reply bytes,
+        or CloseThen."""
         self._count("requests")
         try:
-            result = self.commands.run(command, args)
+            result = run()
         except Exception:
             log.exception("MI FIFO: command %r failed", command)
             result = None

@@ -8,12 +8,77 @@ as the `rotate N` message of kamflat.proto.link on each writer's control socket
 taken for the next rotation's); the reply comes only when all have answered, or when
 the time limit has run out, in which case the reply names the writers that did not
 answer. (A RotationCounter is for programs using kamflat.flatstore directly.)
+
+A rotation is a `Rotation`: begun (the messages sent), then the answers taken as they
+come, then finished (what failed, or nothing). `Rotator.rotate()` does all three and
+waits; a FIFO server's loop begins one with `Rotator.begin(blocking=False)` and takes
+the answers from its own select loop, so no thread waits for the writers and the loop
+serves everyone else meanwhile. One rotation at a time, whichever transport asks: a
+Rotation holds the Rotator's lock from begin to finish.
 """
 import selectors
 import threading
 import time
 
 from kamflat.proto import link
+
+
+class Rotation:
+    """One rotation under way: `take_ready()` when `fileno()` is readable (it is the
+    Rotator's selector: one descriptor for every writer), `done` once every writer
+    answered, `deadline` (monotonic) when to stop waiting, `finish()` for the errors.
+    A Rotation of no writers is done at once."""
+
+    def __init__(self, generation, waiting, errors, timeout, statistics, lock, selector):
+        self.generation = generation
+        self.waiting = waiting      # socket -> rank of the writers yet to answer
+        self.errors = errors
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self._statistics = statistics
+        self._lock = lock
+        self._selector = selector
+
+    @property
+    def done(self):
+        return not self.waiting
+
+    def fileno(self):
+        return self._selector.fileno()
+
+    def take_ready(self, timeout=0):
+        """Take every answer there is, waiting up to `timeout` s for the first."""
+        for key, _ in self._selector.select(timeout):
+            self._take(key.fileobj)
+
+    def _take(self, sock):
+        """Read one answer from `sock` (a writer's control socket)."""
+        try:
+            answer = link.decode(sock.recv(4096))
+        except BlockingIOError:
+            return
+        except (OSError, ValueError) as exc:    # an error for that writer, not a crash
+            rank = self.waiting.pop(sock, None)
+            if rank is not None:
+                self.errors.append("writer %d: %s" % (rank, exc))
+            return
+        if answer.number != self.generation or sock not in self.waiting:
+            return          # an answer to an earlier rotation that timed out
+        rank = self.waiting.pop(sock)
+        if answer.kind != "rotated":
+            self.errors.append("writer %d: %s" % (rank, answer.body))
+
+    def finish(self):
+        """The errors, one for each writer that has not answered too; the next rotation
+        may begin. Call it once."""
+        errors = self.errors + ["writer %d did not close its files within %d ms"
+                                % (rank, self.timeout * 1000)
+                                for rank in sorted(self.waiting.values())]
+        self.waiting = {}
+        if errors:
+            self._statistics.add("flatstore", "rotation_errors")
+        self._lock.release()
+        return errors
 
 
 class Rotator:
@@ -31,43 +96,37 @@ class Rotator:
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ)
 
-    def rotate(self):
-        with self.lock:
+    def begin(self, blocking=True):
+        """Tell every writer to rotate; the Rotation, or None when another rotation is
+        under way and `blocking` is false."""
+        if not self.lock.acquire(blocking):
+            return None
+        try:
             self.generation += 1
-            generation = self.generation
             self.statistics.add("flatstore", "rotations")
-            errors = []
-            waiting = {}
+            errors, waiting = [], {}
             for rank, sock in sorted(self.socks.items()):
                 try:
-                    sock.send(link.encode(link.Message("rotate", generation)))
+                    sock.send(link.encode(link.Message("rotate", self.generation)))
                 except OSError as exc:
                     errors.append("writer %d: %s" % (rank, exc))
                 else:
                     waiting[sock] = rank
-            errors += self._collect(waiting, generation)
-            if errors:
-                self.statistics.add("flatstore", "rotation_errors")
-            return errors
+            return Rotation(self.generation, waiting, errors, self.timeout, self.statistics,
+                            self.lock, self.selector)
+        except BaseException:
+            self.lock.release()
+            raise
 
-    def _collect(self, waiting, generation):
-        errors = []
-        deadline = time.monotonic() + self.timeout
-        while waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for key, _ in self.selector.select(left):
-                try:
-                    answer = link.decode(key.fileobj.recv(4096))
-                except BlockingIOError:
-                    continue
-                if answer.number != generation or key.fileobj not in waiting:
-                    continue        # an answer to an earlier rotation that timed out
-                rank = waiting.pop(key.fileobj)
-                if answer.kind != "rotated":
-                    errors.append("writer %d: %s" % (rank, answer.body))
-        for rank in sorted(waiting.values()):
-            errors.append("writer %d did not close its files within %d ms"
-                          % (rank, self.timeout * 1000))
+    def rotate(self):
+        """A whole rotation, waiting for the answers: the errors (none: complete)."""
+        rotation = self.begin()
+        try:
+            while not rotation.done:
+                left = rotation.deadline - time.monotonic()
+                if left <= 0:
+                    break
+                rotation.take_ready(left)
+        finally:
+            errors = rotation.finish()
         return errors
