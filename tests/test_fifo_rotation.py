@@ -197,3 +197,29 @@ def test_standalone_rotation_needs_no_writer():
     rotation = management.begin_rotation()
     assert rotation.done and rotation.finish() == []
     assert management.rotate() == []
+
+
+def test_requests_queued_behind_a_rotation_at_shutdown_are_counted_dropped(tmp_path):
+    """The rotation (on the helper: a stand-in rotate() that waits) ends during the
+    stop; the two requests queued behind it for the same reply FIFO are dropped, and
+    counted as dropped, not forgotten."""
+    srv = Running(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    srv.management.rotate = lambda: (started.set(), release.wait(10), [])[2]
+    srv.management.begin_rotation = None
+    name = TAG + "_queued"
+    fifo = ReplyFifo(name)
+    releasing = threading.Timer(0.2, release.set)
+    try:
+        write_request(srv.path, b":flat_rotate:%s\n\n:pwd:%s\n\n:pwd:%s\n\n"
+                      % ((name.encode(),) * 3), 2)
+        assert started.wait(5)
+        releasing.start()               # while the stop waits for the rotation
+        srv.close()
+        assert fifo.read_reply() == b"200 OK\n\n"
+        assert srv.management.statistics._values[("mi_fifo", "dropped")] == 2
+        assert srv.logged("server shutting down")
+    finally:
+        release.set()
+        releasing.join(5)
+        fifo.close()

@@ -371,6 +371,7 @@ class LogLimiter:
     def __init__(self, logger):
         self._log = logger
         self._kinds = {}            # format -> [interval end, lines logged, held, last held]
+        self._lock = threading.Lock()   # a server's helper thread logs through it too
 
     def warning(self, fmt, *args):
         self.log(logging.WARNING, fmt, *args)
@@ -379,6 +380,10 @@ class LogLimiter:
         self.log(logging.ERROR, fmt, *args)
 
     def log(self, level, fmt, *args):
+        with self._lock:
+            self._log_locked(level, fmt, args)
+
+    def _log_locked(self, level, fmt, args):
         now = time.monotonic()
         kind = self._kinds.get(fmt)
         if kind is not None and now >= kind[0]:
@@ -396,9 +401,10 @@ class LogLimiter:
     def tick(self, now):
         if not self._kinds:
             return
-        for fmt, kind in list(self._kinds.items()):
-            if now >= kind[0]:
-                self._release(fmt, kind)
+        with self._lock:
+            for fmt, kind in list(self._kinds.items()):
+                if now >= kind[0]:
+                    self._release(fmt, kind)
 
     def _release(self, fmt, kind):
         del self._kinds[fmt]

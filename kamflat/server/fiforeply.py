@@ -355,10 +355,10 @@ class ReplyJobs:
         if not queue or queue[0] is not job:
             return
         queue.popleft()
-        if queue and not self._closing:
-            self._begin(queue[0], time.monotonic())
-        else:
+        if not queue:
             del self._queues[job.path]
+        elif not self._closing:     # closing: close() drops (and counts) the rest
+            self._begin(queue[0], time.monotonic())
 
 
 class FifoServer:
