@@ -72,13 +72,14 @@ class MIFifoServer(FifoServer):
 
     def on_event(self, event):
         if isinstance(event, mi.Request):
-            command = event.command
+            command, args = event.command, event.args
             rotation = None
             if command in SLOW and getattr(self.management, "begin_rotation", None):
+                # the loop makes the rotation (fiforeply.py): only its reply is left here
                 rotation = (self.management.begin_rotation,
-                            lambda errors: self._answer(command, lambda: flat_rotate_reply(errors)))
+                            lambda errors: self._answer(command, flat_rotate_reply, errors))
             self._submit(event.reply_name, command,
-                         lambda: self._answer(command, lambda: self.commands.run(command, event.args)),
+                         lambda: self._answer(command, self.commands.run, command, args),
                          slow=command in SLOW, rotation=rotation)
             return
         self._count("errors" if not isinstance(event, mi.ProtocolDrop) else "dropped")
@@ -97,12 +98,12 @@ class MIFifoServer(FifoServer):
     def _submit(self, reply_name, command, run, slow=False, rotation=None):
         self.jobs.submit(self.reply_dir + reply_name, command, run, slow, rotation)
 
-    def _answer(self, command, run):
-        """Run a command (its reply FIFO is open now) by calling run(): the reply bytes,
-        or CloseThen."""
+    def _answer(self, command, run, *args):
+        """Run a command (its reply FIFO is open now) by calling run(*args): the reply
+        bytes, or CloseThen."""
         self._count("requests")
         try:
-            result = run()
+            result = run(*args)
         except Exception:
             log.exception("MI FIFO: command %r failed", command)
             result = None
