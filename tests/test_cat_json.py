@@ -55,7 +55,7 @@ def test_json_chunks_carry_the_time_keys_of_the_records(chunks, time_index, json
     reader.time_keys's, chunk after chunk."""
     printer = _printer(["a", "b", "c", "d"][:time_index + 1], False)
     printer.json = json
-    got = list(printer.chunks(iter(chunks), "acc_129.log", time_index))
+    got = list(printer.chunks(map(b"\n".join, chunks), "acc_129.log", time_index))
     want = list(reader.keyed_chunks(iter(chunks), time_index))
     assert [keys for _, keys in got] == [keys for _, keys in want]
     assert [len(lines) for lines, _ in got] == [len(records) for records in chunks]
