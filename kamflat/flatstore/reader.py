@@ -260,9 +260,12 @@ def read_file_blocks(directory, table_file):
             splitter = RecordSplitter()
             for chunk in iter(lambda: stream.read(READ_SIZE), b""):
                 splitter.feed(chunk)
-                block = splitter.block(hold_cr=True)
-                if block is not None:
-                    yield block
+                found = [splitter.block(hold_cr=True)]
+                if found[0] is not None:
+                    # handed over, not held here too while the caller works on it: its
+                    # memory is free again as soon as the caller is done (measurably
+                    # faster, the next blocks reuse it)
+                    yield found.pop()
             block = splitter.block()
             if splitter.pending:
                 block = splitter.pending if block is None else block + b"\n" + splitter.pending
