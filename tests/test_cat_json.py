@@ -3,7 +3,7 @@ be what json.dumps gives for each record (Printer.write, the general way)."""
 import io
 from types import SimpleNamespace
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from kamflat.flatstore import reader
 from kamflat.tools.cat import Printer
@@ -55,7 +55,27 @@ def test_json_chunks_carry_the_time_keys_of_the_records(chunks, time_index, json
     reader.time_keys's, chunk after chunk."""
     printer = _printer(["a", "b", "c", "d"][:time_index + 1], False)
     printer.json = json
-    got = list(printer.chunks(iter(chunks), "acc_129.log", time_index))
+    got = list(printer.chunks(map(b"\n".join, chunks), "acc_129.log", time_index))
     want = list(reader.keyed_chunks(iter(chunks), time_index))
     assert [keys for _, keys in got] == [keys for _, keys in want]
     assert [len(lines) for lines, _ in got] == [len(records) for records in chunks]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_RECORD | st.just(b"\xff|x"), min_size=1, max_size=6), min_size=1,
+                max_size=3),
+       st.sampled_from([[], ["a", "b"], ["a", "b", "c", "d"], ["k%", "a"], ["a", "a"]]),
+       st.booleans(), st.sampled_from(["acc_129.log", "acc_1%d.log.1", "acc_129.log.\udcff"]),
+       st.data())
+def test_blocks_slice_into_what_json_dumps_gives(chunks, keys, decode, file_name, data):
+    """cat --json turns a block of records into one bytes of lines, which the merge cuts
+    into runs: any cut gives json.dumps's lines of those records."""
+    assume(all(reader.split_block(b"\n".join(records)) == records for records in chunks))
+    fast, slow = _printer(keys, decode), _printer(keys, decode)
+    blocks = fast.chunks(map(b"\n".join, chunks), file_name, None)
+    for records, (lines, _) in zip(chunks, blocks):
+        assert len(lines) == len(records)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(records)), max_size=3)))
+        bounds = [0] + cuts + [len(records)]
+        got = b"".join(bytes(lines[start:stop]) for start, stop in zip(bounds, bounds[1:]))
+        assert got == b"".join(slow.json_line(raw, file_name) + b"\n" for raw in records)

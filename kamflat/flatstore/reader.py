@@ -58,22 +58,41 @@ class RecordSplitter:
         if end < 0:
             return []
         complete, rest = self._buffer[:end], self._buffer[end + 1:]
-        # (no CR at all is one memchr; the 3-byte searches cost more than the split)
-        if b"\r" not in complete or (b"\r\n " not in complete and b"\r\n\t" not in complete):
-            out = complete.split(b"\n")          # no folded record: one record a line
-        else:
-            out = []
-            for line in complete.split(b"\n"):
-                if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
-                    out[-1] += b"\n" + line
-                else:
-                    out.append(line)
+        out = split_block(complete)
         # a CR line whose next line has begun with SP/TAB goes on there; with hold_cr, also
         # one with nothing after it yet
         if out[-1].endswith(b"\r") and (rest[:1] in (b" ", b"\t") or (hold_cr and not rest)):
             rest = out.pop() + b"\n" + rest
         self._buffer = rest
         return out
+
+    def block(self, hold_cr=False):
+        """records(hold_cr) as one bytes, joined by newlines as they are on disk (split_block
+        cuts it back into them); None when there are none."""
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            return None
+        complete = self._buffer[:end]
+        if b"\r" in complete:      # maybe a folded record or a CR line to hold back
+            records = self.records(hold_cr)
+            return b"\n".join(records) if records else None
+        self._buffer = self._buffer[end + 1:]
+        return complete
+
+
+def split_block(block):
+    """Records joined by newlines (bytes) -> the records: a line ending in `\\r` and the next
+    line, starting with a space or TAB, are one folded record (see RecordSplitter)."""
+    # (no CR at all is one memchr; the 3-byte searches cost more than the split)
+    if b"\r" not in block or (b"\r\n " not in block and b"\r\n\t" not in block):
+        return block.split(b"\n")          # no folded record: one record a line
+    out = []
+    for line in block.split(b"\n"):
+        if out and out[-1].endswith(b"\r") and line[:1] in (b" ", b"\t"):
+            out[-1] += b"\n" + line
+        else:
+            out.append(line)
+    return out
 
 
 def split_records(data):
@@ -227,6 +246,13 @@ def read_file_chunks(directory, table_file):
     """Yield one file's records (bytes without their `\n`) as lists, a chunk at a time,
     decompressing .gz/.bz2/.xz; a missing file yields none. A torn last line (Kamailio
     flush=0 killed) is still given."""
+    for block in read_file_blocks(directory, table_file):
+        yield split_block(block)
+
+
+def read_file_blocks(directory, table_file):
+    """read_file_chunks()'s chunks, each as one bytes: its records joined by newlines, as
+    they are on disk (split_block() gives the records)."""
     path = os.path.join(directory, table_file.name)
     opener = DECOMPRESSORS.get(table_file.compression, open)
     try:
@@ -234,14 +260,17 @@ def read_file_chunks(directory, table_file):
             splitter = RecordSplitter()
             for chunk in iter(lambda: stream.read(READ_SIZE), b""):
                 splitter.feed(chunk)
-                records = splitter.records(hold_cr=True)
-                if records:
-                    yield records
-            records = splitter.records()
+                found = [splitter.block(hold_cr=True)]
+                if found[0] is not None:
+                    # handed over, not held here too while the caller works on it: its
+                    # memory is free again as soon as the caller is done (measurably
+                    # faster, the next blocks reuse it)
+                    yield found.pop()
+            block = splitter.block()
             if splitter.pending:
-                records.append(splitter.pending)
-            if records:
-                yield records
+                block = splitter.pending if block is None else block + b"\n" + splitter.pending
+            if block is not None:
+                yield block
     except FileNotFoundError:
         return
 

@@ -15,43 +15,16 @@ import json
 import os
 import stat
 import sys
-from itertools import compress, repeat
+from itertools import accumulate, compress
 
 from kamflat.flatstore import reader
+from kamflat.tools import catjson
+from kamflat.tools.catjson import ENCODED_DELIMITER
 
-ENCODED_DELIMITER = reader.ENCODED_DELIMITER.encode()
 WRITE_LINES = 512     # lines cat gathers before a write: fewer writes than runs, still cached
+WRITE_SIZE = 1 << 18  # bytes of JSON lines cat gathers before a write (their lines are longer)
 PIPE_SIZE = 1 << 20   # what cat asks of a pipe on its stdout (the default is 64 KiB)
 JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
-
-# What json.dumps escapes in a string: `"`, `\\` and the control characters.
-_ESCAPED = bytes(range(0x20)) + b'"\\'
-# Every other byte but `|`: what is left of a record without them is its shape.
-_NOT_SHAPE = bytes(sorted(set(range(256)) - set(_ESCAPED + b"|")))
-
-
-def _needs_no_escape(data, separators=0):
-    """True if `data` is UTF-8 and has nothing json.dumps escapes but for `separators`
-    newlines (records joined by them): its JSON strings are then its bytes in quotes."""
-    return len(data) - len(data.translate(None, _ESCAPED)) == separators and _utf8(data)
-
-
-def _utf8(data):
-    if data.isascii():
-        return True
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _uniform(text, count, rows):
-    """True if `text`, `rows` records joined by newlines, has `count` fields in every
-    record and nothing json.dumps escapes (one pass over it: its `|`s, newlines and
-    escaped bytes are compared with what they must be)."""
-    return text.translate(None, _NOT_SHAPE) == b"\n".join([b"|" * (count - 1)] * rows)
-
 
 CAT_DOC = "print a table's records merged across its per-process files"
 FOLLOW_DOC = "print a table's records as they are written, across rotations"
@@ -109,9 +82,9 @@ class Source:
 class Printer:
     """Writes records to stdout as raw lines or JSON objects.
 
-    cat hands over whole chunks of a file (chunks()), turned into what is printed before
-    they are merged, and gathers the runs it prints into big writes (write_lines, flush);
-    follow prints record by record (write)."""
+    cat hands over whole blocks of a file (chunks()), turned into what is printed before
+    they are merged, and gathers the runs it prints into big writes (write_lines or, for
+    JSON, write_block; flush); follow prints record by record (write)."""
 
     def __init__(self, args, source):
         self.json = args.json
@@ -119,39 +92,65 @@ class Printer:
         self.table = source.table
         self.keys = source.keys
         self.out = sys.stdout.buffer
-        # The JSON of a record is formatted from a template per file and field count when
-        # the record needs no JSON escaping and is UTF-8 (see _json_batch); with repeated
-        # keys or one named _extra the record dict is not a plain zip: one at a time.
+        # The JSON of a record is put together from the text around its values, per file
+        # and field count, when the record needs no JSON escaping and is UTF-8 (see
+        # _json_block); with repeated keys or one named _extra the record dict is not a
+        # plain zip: one at a time.
+        self._pieces = {}
+        self._layouts = {}
         self._templates = {}
         self._templated = len(set(self.keys)) == len(self.keys) and "_extra" not in self.keys
         self._pending = []
+        self._pending_size = 0
 
-    def chunks(self, chunks, file_name, time_index):
-        """One file's chunks of records -> (lines to print, their time keys), for
-        reader.merge_keyed; the keys are None without a time column."""
+    def chunks(self, blocks, file_name, time_index):
+        """One file's blocks (reader.read_file_blocks) -> (what is printed for their
+        records, their time keys), for reader.merge_keyed; the keys are None without a time
+        column. Plain: the records; JSON: a catjson.Lines."""
         if self.json:
-            return self._json_chunks(chunks, file_name, time_index)
+            return self._json_chunks(blocks, file_name, time_index)
+        chunks = map(reader.split_block, blocks)
         if time_index is None:
             return ((records, None) for records in chunks)
         return reader.keyed_chunks(chunks, time_index)
 
-    def _json_chunks(self, chunks, file_name, time_index):
+    def _json_chunks(self, blocks, file_name, time_index):
         previous = 0
-        for records in chunks:
-            lines, times = self._json_chunk(records, file_name, time_index)
+        for block in blocks:
+            lines, times, records = self._json_block(block, file_name, time_index)
             if time_index is None:
                 yield lines, None
                 continue
             keys = None
-            if times is not None:      # the time column as _json_chunk split it
+            if times is not None:      # the time column as the JSON's split cut it
                 try:
                     keys = list(map(int, times))
                 except ValueError:
                     pass
             if keys is None:
+                if records is None:
+                    records = reader.split_block(block)
                 keys = reader.time_keys(records, time_index, previous)
             previous = keys[-1]
             yield lines, keys
+
+    def _json_block(self, block, file_name, time_index):
+        """write()'s JSON of a block's records as a catjson.Lines; their time column (bytes)
+        when the JSON's split cut it, else None; and the records when they were split."""
+        if self._templated:
+            first = block.find(b"\n")
+            count = (block.count(b"|", 0, first) if first >= 0 else block.count(b"|")) + 1
+            if catjson.uniform(block, count) and catjson.utf8(block):
+                made = self._uniform_json(block, count, file_name, time_index)
+                if made is not None:
+                    (data, values, times), (_, scale, extra) = made
+                    cum = list(accumulate(map(len, values), initial=0))
+                    return catjson.Lines(memoryview(data), cum, scale, extra), times, None
+        records = reader.split_block(block)
+        lines, times = self._json_chunk(records, file_name, time_index)
+        cum = list(accumulate(map(len, lines), initial=0))
+        lines.append(b"")             # for the newline after the last line
+        return catjson.Lines(memoryview(b"\n".join(lines)), cum, 1, 1), times, records
 
     def write_lines(self, lines):
         """Lines (bytes without their newline) to print, written a block at a time."""
@@ -159,8 +158,20 @@ class Printer:
         if len(self._pending) >= WRITE_LINES:
             self._write_pending()
 
+    def write_block(self, data):
+        """Lines to print, each with its newline, as one bytes-like: written WRITE_SIZE
+        bytes at a time."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= WRITE_SIZE:
+            self._write_pending()
+
     def _write_pending(self):
         pending, self._pending = self._pending, []
+        if self.json:
+            self._pending_size = 0
+            self.out.write(b"".join(pending))
+            return
         pending.append(b"")           # the newline after the last line
         self.out.write(b"\n".join(pending))
 
@@ -188,13 +199,13 @@ class Printer:
             return [self.json_line(raw, file_name) for raw in batch], None
         text = b"\n".join(batch)
         count = batch[0].count(b"|") + 1
-        if _uniform(text, count, len(batch)) and _utf8(text):
+        if catjson.uniform(text, count) and catjson.utf8(text):
             return self._column_lines(text, count, file_name, time_index)
-        if _needs_no_escape(text, len(batch) - 1):
+        if catjson.needs_no_escape(text, len(batch) - 1):
             return self._template_lines(batch, text, file_name), None
         # Some records need JSON escapes or are not UTF-8: those the general way, the
         # others from the templates still.
-        plain = list(map(_needs_no_escape, batch))
+        plain = list(map(catjson.needs_no_escape, batch))
         good = list(compress(batch, plain))
         good_lines = iter(self._template_lines(good, b"\n".join(good), file_name))
         return [next(good_lines) if ok else self.json_line(raw, file_name)
@@ -206,7 +217,7 @@ class Printer:
         byte."""
         if batch:
             count = batch[0].count(b"|") + 1
-            if _uniform(text, count, len(batch)):
+            if catjson.uniform(text, count):
                 return self._column_lines(text, count, file_name, None)[0]
         lines = []
         for raw in batch:
@@ -221,47 +232,46 @@ class Printer:
         return lines
 
     def _column_lines(self, text, count, file_name, time_index):
-        """_template_lines() of records that all have `count` fields: all split at once,
-        formatted column-wise; and their time column (bytes) when they have one."""
-        template = self._template_for(file_name, count)
-        if template is None:
+        """_uniform_json() as a list of lines (without their newlines) and the time column."""
+        made = self._uniform_json(text, count, file_name, time_index)
+        if made is None:
             return [self.json_line(raw, file_name) for raw in text.split(b"\n")], None
-        fields = text.replace(b"\n", b"|").split(b"|")
-        times = None
-        if time_index is not None and time_index < count:
-            times = fields[time_index::count]
-        if self.decode and ENCODED_DELIMITER in text:
-            fields = list(map(bytes.replace, fields, repeat(ENCODED_DELIMITER), repeat(b"|")))
-        columns = [fields[i::count] for i in range(count)]
-        rows = zip(*columns, *columns) if self.keys else zip(*columns)
-        return list(map(template.__mod__, rows)), times
+        data, _, times = made[0]
+        lines = data.split(b"\n")
+        lines.pop()                   # after the last newline
+        return lines, times
+
+    def _uniform_json(self, text, count, file_name, time_index):
+        """catjson.uniform_json() and the layout used; None when the names are not UTF-8."""
+        made = self._layout_for(file_name, count)
+        if made is None:
+            return None
+        return catjson.uniform_json(text, count, made[0], bool(self.keys), self.decode,
+                                    time_index), made
+
+    def _layout_for(self, file_name, count):
+        key = (file_name, count)
+        if key not in self._layouts:
+            pieces = self._pieces_for(file_name, count)
+            self._layouts[key] = None if pieces is None else \
+                catjson.make_layout(pieces, bool(self.keys), count)
+        return self._layouts[key]
+
+    def _pieces_for(self, file_name, count):
+        key = (file_name, count)
+        if key not in self._pieces:
+            self._pieces[key] = catjson.make_pieces(self.table, file_name, self.keys, count)
+        return self._pieces[key]
 
     def _template_for(self, file_name, count):
+        """A bytes %-template of write()'s JSON for a record of `count` values, each value
+        a %s (twice when the record dict is printed too); None when the table, file or key
+        names are not UTF-8 (write() then escapes the whole line)."""
         key = (file_name, count)
         if key not in self._templates:
-            self._templates[key] = self._template(file_name, count)
+            pieces = self._pieces_for(file_name, count)
+            self._templates[key] = None if pieces is None else catjson.template(pieces)
         return self._templates[key]
-
-    def _template(self, file_name, count):
-        """A bytes %-template of write()'s JSON for a record of `count` values, each value
-        a %s inside quotes (twice when the record dict is printed too); None when the table,
-        file or key names are not UTF-8 (write() then escapes the whole line)."""
-        def quoted(text):
-            return json.dumps(text, ensure_ascii=False).replace("%", "%%")
-        fields = ", ".join(['"%s"'] * count)
-        head = "{%s: %s, %s: %s, %s: [%s]" % (
-            quoted("table"), quoted(self.table), quoted("file"), quoted(file_name),
-            quoted("values"), fields)
-        if self.keys:
-            named = ['%s: "%%s"' % quoted(key) for key in self.keys[:count]]
-            if count > len(self.keys):
-                named.append('%s: [%s]' % (quoted("_extra"),
-                                           ", ".join(['"%s"'] * (count - len(self.keys)))))
-            head += ", %s: {%s}" % (quoted("record"), ", ".join(named))
-        try:
-            return (head + "}").encode()
-        except UnicodeEncodeError:
-            return None
 
     def json_line(self, raw, file_name):
         """The JSON object of one record (bytes without the newline): the general way."""
@@ -326,15 +336,18 @@ def run(command, argv):
 def cat(args, source, printer):
     _widen_pipe(printer.out)
     files = reader.list_table_files(source.directory, source.table, args.rotated)
-    streams = [printer.chunks(reader.read_file_chunks(source.directory, f), f.name,
+    streams = [printer.chunks(reader.read_file_blocks(source.directory, f), f.name,
                               source.time_index) for f in files]
     if source.time_index is None:
         runs = (lines for stream in streams for lines, _ in stream)
+        if printer.json:
+            runs = (lines.data for lines in runs)
     else:
         runs = (lines for _, lines in reader.merge_keyed(streams))
+    write = printer.write_block if printer.json else printer.write_lines
     try:
         for lines in runs:
-            printer.write_lines(lines)
+            write(lines)
     finally:
         printer.flush()         # what was merged so far, also when interrupted
 
