@@ -16,7 +16,8 @@ from kamflat.proto import link
 from kamflat.server.ingest import Ingest
 from kamflat.server.rotation import Rotator
 from kamflat.server.shm import SharedState
-from kamflat.server.writer import PacketReader, Writer, seqpacket_pair
+from kamflat.server.linksock import PacketReader, seqpacket_pair
+from kamflat.server.writer import Writer
 from kamflat.tools import tally
 
 

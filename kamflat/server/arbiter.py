@@ -25,7 +25,8 @@ from kamflat.flatstore import connection as flatstore
 from kamflat.mgmt.statistics import startup_statistics
 from kamflat.server import child as childproc
 from kamflat.server.shm import SharedState
-from kamflat.server.writer import Writer, seqpacket_pair
+from kamflat.server.linksock import seqpacket_pair
+from kamflat.server.writer import Writer
 
 log = logging.getLogger("kamflat")
 

@@ -25,7 +25,7 @@ from kamflat.proto import ingest as ingestwire
 from kamflat.proto import link
 from kamflat.server.child import ChildProcess
 from kamflat.server.senders import IDLE_TIMEOUT, MAX_CONNECTIONS, AcceptGate
-from kamflat.server.writer import PacketReader
+from kamflat.server.linksock import PacketReader
 
 log = logging.getLogger("kamflat.server.ingest")
 

@@ -5,10 +5,10 @@ sockets are opened once, before the writers fork, and every writer receives from
 of them, as Kamailio's UDP receiver processes share one socket each.
 
 Writers wait on them in `selector()` (each datagram wakes one writer, see
-ExclusiveSelector); `drain()` takes a batch of datagrams from a socket: let the
-AccHandler decide, hand the records to `write`, send the reply. The record is written before the reply is
-sent, so a client that got its reply can rely on the record being there (Kamailio's
-acc_db_request also runs before sl_send_reply). `serve_udp(socks, handler, write,
+ExclusiveSelector); `drain()` takes a batch of datagrams from a socket: lets the
+AccHandler decide, hands the batch's records to `write`, then sends the replies. The
+records are written before the replies are sent, so a client that got its reply can rely
+on its record being there (Kamailio's acc_db_request also runs before sl_send_reply). `serve_udp(socks, handler, write,
 stop)` runs the same receive loop in a thread (for tests and embedding).
 """
 import errno
@@ -94,7 +94,6 @@ def serve_udp(socks, handler, write, stop, on_reason=None, poll_interval=0.05):
     def write_all(records):
         for table, values in records:
             write(table, values)
-        return True
 
     with selector() as sel:
         for sock in socks:
@@ -106,38 +105,46 @@ def serve_udp(socks, handler, write, stop, on_reason=None, poll_interval=0.05):
 
 def drain(sock, handler, write, on_reason=None, on_send_error=None, budget=64):
     """Handle the datagrams waiting on one socket, at most `budget` (so other sockets
-    and the caller's other work are seen soon). Each goes to handler.handle(); its
-    records to write(records), which returns False when they could not be written yet
-    (then nothing more is taken: the caller keeps them and retries); then the reply is
-    sent. on_reason(text, source) is told why a datagram was dropped or not accounted;
-    on_send_error(exc, reply_to) when a reply could not be sent. Returns how many
-    datagrams were taken."""
+    and the caller's other work are seen soon). Each goes to handler.handle(); then the
+    records of all of them go to write(records) at once, and only then are their
+    replies sent, in order: a client that got its reply finds its record written
+    (flush=1), and a wake-up's records take one write() and its replies one burst,
+    where one request at a time cost a write() and a wake-up of the client each.
+    write() keeps what it could not write, to retry (the caller takes nothing more
+    until then). on_reason(text, source) is told why a datagram was dropped or not
+    accounted; on_send_error(exc, reply_to) when a reply could not be sent. Returns
+    how many datagrams were taken."""
     taken = 0
-    while taken < budget:
-        try:
-            data, source = sock.recvfrom(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError as e:            # e.g. ICMP port unreachable from a past reply
-            if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                continue
-            raise
-        taken += 1
-        outcome = handler.handle(data, source)
-        reply, records = outcome.reply, outcome.records
-        # As Kamailio: the record is written before the reply goes out, so a client
-        # that reads the acc file after its reply finds it (flush=1).
-        written = write(records) if records else True
-        if outcome.reason and on_reason:
-            on_reason(outcome.reason, source)
-        if reply is not None:
+    records, replies = [], []
+    try:
+        while taken < budget:
             try:
-                sock.sendto(reply, outcome.reply_to)
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:            # e.g. ICMP port unreachable from a past reply
+                if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            taken += 1
+            outcome = handler.handle(data, source)
+            if outcome.records:
+                records.extend(outcome.records)
+            if outcome.reason and on_reason:
+                on_reason(outcome.reason, source)
+            if outcome.reply is not None:
+                replies.append((outcome.reply, outcome.reply_to, source))
+    finally:
+        # whatever happened, what was taken is written, then answered (as Kamailio's
+        # acc_db_request runs before sl_send_reply)
+        if records:
+            write(records)
+        for reply, reply_to, source in replies:
+            try:
+                sock.sendto(reply, reply_to)
             except OSError as e:
                 if on_send_error:
-                    on_send_error(e, outcome.reply_to)
+                    on_send_error(e, reply_to)
                 elif on_reason:
-                    on_reason("reply to %s not sent: %s" % (outcome.reply_to, e), source)
-        if not written:
-            break           # writes are failing: take nothing more until they succeed
+                    on_reason("reply to %s not sent: %s" % (reply_to, e), source)
     return taken

@@ -13,6 +13,8 @@ What the writer promises:
 - before a report, every file it wrote into is checked against its path: a file
   deleted under the writer (rm -rf of the directory) is noticed, reopened by name,
   and the unreported records are written there again;
+- a SIP request's record is written before its reply is sent (the datagrams of one
+  wake-up: their records in one write(), then their replies);
 - when a write fails (directory gone, not writable, disk full) the record is kept
   and retried, and nothing new is taken meanwhile, so senders are slowed instead
   of records being dropped;
@@ -25,7 +27,6 @@ What the writer promises:
 """
 import collections
 import logging
-import mmap
 import selectors
 import socket
 import time
@@ -36,6 +37,7 @@ from kamflat.proto.link import Chunk
 from kamflat.flatstore.connection import FlatstoreError
 from kamflat.server import sipnet
 from kamflat.server.child import ChildProcess
+from kamflat.server.linksock import PacketReader
 
 log = logging.getLogger("kamflat.writer")
 
@@ -228,21 +230,21 @@ class Writer(ChildProcess):
             cell[0] += n
 
     def take_sip_records(self, records):
-        """Write one request's records (before its reply is sent); False when they
-        could not be written yet: they stay pending and nothing more is taken."""
+        """Write the records of the datagrams of one wake-up (before their replies are
+        sent). Those that cannot be written yet stay pending (held, or in self.pending)
+        and nothing more is taken until they are."""
         records = collections.deque(records)
         if not self.pending:
             # Nothing waits (nearly always): written here, without work()'s loop. When a
             # write fails, the records left take the queue's way: work() tries again
             # at once, and logs and schedules the retries as for any record.
             try:
-                self.write_records(records)
+                self.write_sip(records)
                 return True
             except FlatstoreError:
                 pass
         self.pending.append(records)
         self.work()
-        return not self.pending
 
     def log_sip_reason(self, reason, addr):
         log.info("writer %d: SIP from %s:%s %s", self.rank, addr[0], addr[1], reason)
@@ -291,7 +293,7 @@ class Writer(ChildProcess):
                 if isinstance(item, Chunk):
                     self.write_chunk(item)
                 else:
-                    self.write_records(item)
+                    self.write_sip(item)
             except FlatstoreError as exc:
                 self.failed(exc, "records wait and are retried")
                 self.retry_at = time.monotonic() + RETRY_INTERVAL
@@ -313,14 +315,7 @@ class Writer(ChildProcess):
             self.insert_lines(chunk)
         finally:
             conn.hold(False)
-        if conn.flush:
-            try:
-                conn.write_buffered()
-            except FlatstoreError:
-                for table in chunk.starts:
-                    if conn.taken_count(table) > conn.written_count(table):
-                        self.state.add("flatstore", table + "_failed")
-                raise
+        self.write_held(chunk.starts)
         chunk.marks = {table: conn.taken_count(table) for table in chunk.starts}
         self.unsynced.append(chunk)
 
@@ -374,6 +369,35 @@ class Writer(ChildProcess):
                         raise
             chunk.pos += 1
         chunk.redo_until, chunk.redo_tables = 0, frozenset()
+
+    def write_sip(self, records):
+        """SIP records (a deque of (table, values), emptied as they are inserted). With
+        flush=1 too they are held and handed to the OS by one write() at the end: a
+        wake-up's datagrams are answered after it. A failed write raises FlatstoreError:
+        the records not inserted stay in `records`, those held stay held, and the next
+        call goes on from there (the held ones go with the next write)."""
+        conn = self.conn
+        tables = {table for table, _ in records}
+        conn.hold()
+        try:
+            self.write_records(records)
+        finally:
+            conn.hold(False)
+        self.write_held(tables)
+
+    def write_held(self, tables):
+        """flush=1: hand what hold() kept to the OS in one write(); a failure counts
+        <table>_failed for each of `tables` left with records not written, and raises."""
+        conn = self.conn
+        if not conn.flush:
+            return
+        try:
+            conn.write_buffered()
+        except FlatstoreError:
+            for table in tables:
+                if conn.taken_count(table) > conn.written_count(table):
+                    self.state.add("flatstore", table + "_failed")
+            raise
 
     def write_records(self, records):
         while records:
@@ -451,7 +475,11 @@ class Writer(ChildProcess):
             unwritten = chunk.unwritten(conn.written_count)
             lines += len(unwritten)
             self.tell_ingest(chunk.report(unwritten, reason))
-        conn.discard_buffered()
+        held = conn.discard_buffered()
+        if conn.flush and self.pending and not isinstance(self.pending[0], Chunk):
+            # a failed SIP write holds its records (flush=1: then nothing else is held,
+            # no chunk was taken since)
+            sip += held
         self.unsynced.clear()
         self.pending.clear()
         self.not_written += lines + sip
@@ -460,30 +488,3 @@ class Writer(ChildProcess):
                   lines + sip, lines, len({c.conn_id for c in chunks}),
                   ", ".join(sorted({"%#x" % c.conn_id for c in chunks})) or "-", sip,
                   self.last_failure)
-
-
-class PacketReader:
-    """Reads one link packet at a time from `sock` into a buffer kept for it. recv(n)
-    allocates n bytes for every call, a 2 MiB allocation mapped and faulted in each time
-    (about 50 us for a 64 KiB chunk, 15 us for a 40-byte report, and as much again for
-    a read that finds nothing); here only the packet's bytes are copied out. The buffer is
-    an anonymous mapping: only the pages the largest packet touched take memory; private,
-    so a process forked after it was made does not read into the same pages."""
-
-    def __init__(self, sock, size=link.MAX_PACKET):
-        self.sock = sock
-        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        self.view = memoryview(self.buffer)
-
-    def recv(self, flags=0):
-        """The next packet (b"" at the peer's close), as sock.recv(size, flags) gives it."""
-        return bytes(self.view[:self.sock.recv_into(self.buffer, 0, flags)])
-
-
-def seqpacket_pair(buffer=1 << 21):
-    """A socketpair that keeps message boundaries, with room for big chunks."""
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-    return a, b
