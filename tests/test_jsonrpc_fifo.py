@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import select
+import shutil
 import socket
 import stat
 import sys
@@ -413,8 +414,11 @@ def test_fifo_directory_deleted_and_made_again(tmp_path, monkeypatch, caplog, wa
     try:
         assert srv.server.fifo.watch == watch
         caplog.set_level("WARNING")
-        os.unlink(path)
-        run_dir.rmdir()
+        # moved away whole, then removed: a server quick to make the FIFO again in it
+        # cannot keep the directory from going (os.unlink, then rmdir, raced with it)
+        gone = tmp_path / "gone"
+        os.rename(run_dir, gone)
+        shutil.rmtree(gone)
         # The outage noticed (however busy the machine), then more turns without a
         # directory, each retrying: still one line.
         wait_until(lambda: any("cannot create" in r.getMessage() for r in caplog.records),

@@ -7,9 +7,10 @@ of them, as Kamailio's UDP receiver processes share one socket each.
 Writers wait on them in `selector()` (each datagram wakes one writer, see
 ExclusiveSelector); `drain()` takes a batch of datagrams from a socket: lets the
 AccHandler decide, hands the batch's records to `write`, then sends the replies. The
-records are written before the replies are sent, so a client that got its reply can rely
-on its record being there (Kamailio's acc_db_request also runs before sl_send_reply). `serve_udp(socks, handler, write,
-stop)` runs the same receive loop in a thread (for tests and embedding).
+records are written before the replies are sent, so a client that got its reply can
+rely on its record being there (Kamailio's acc_db_request also runs before
+sl_send_reply). `serve_udp(socks, handler, write, stop)` runs the same receive loop in
+a thread (for tests and embedding).
 """
 import errno
 import select

@@ -64,6 +64,7 @@ class Writer(ChildProcess):
         self.udp_socks = list(udp_socks)
         self.sip = sip_handler
         self.sip_cells = {}                  # see on_datagram
+        self.sip_tables = set()              # see write_sip
         self.pending = collections.deque()   # Chunks and SIP record lists not yet written
         self.unsynced = collections.deque()  # Chunks inserted, not yet reported
         self.retry_at = 0.0
@@ -240,7 +241,7 @@ class Writer(ChildProcess):
             # at once, and logs and schedules the retries as for any record.
             try:
                 self.write_sip(records)
-                return True
+                return
             except FlatstoreError:
                 pass
         self.pending.append(records)
@@ -377,13 +378,14 @@ class Writer(ChildProcess):
         the records not inserted stay in `records`, those held stay held, and the next
         call goes on from there (the held ones go with the next write)."""
         conn = self.conn
-        tables = {table for table, _ in records}
+        # every table SIP wrote into: a retry (records all held) counts its failure too
+        self.sip_tables.update(table for table, _ in records)
         conn.hold()
         try:
             self.write_records(records)
         finally:
             conn.hold(False)
-        self.write_held(tables)
+        self.write_held(self.sip_tables)
 
     def write_held(self, tables):
         """flush=1: hand what hold() kept to the OS in one write(); a failure counts
