@@ -7,46 +7,31 @@ helper thread, for that one.
 The writers are real `Writer`s on socketpairs (test_link_processes.Link) or a writer end
 answered by a thread when the test says so; the servers are real, in threads.
 """
+import contextlib
 import json
-import socket
 import threading
 
 from conftest import wait_until
-from test_jsonrpc_fifo import ReplyFifo, Server as RpcServer, request
+from test_jsonrpc_fifo import HeldWriter, ReplyFifo, Server as RpcServer, install, request
 from test_link_processes import Link, wait_readable
 from test_mi_fifo import TAG, Running
 from kamflat.mgmt.manage import Management
-from kamflat.proto import link
 from kamflat.server.rotation import Rotator
 from kamflat.tools.fifoclient import exchange, write_request
 
 
-class HeldWriter:
-    """A writer's control socket that answers `rotate N` only when `answer()` is called
-    (or never). The other end goes into the Rotator."""
-
-    def __init__(self):
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.told = []
-
-    def receive(self, timeout=5.0):
-        """Wait for the next `rotate N`; its number."""
-        self.theirs.settimeout(timeout)
-        message = link.decode(self.theirs.recv(4096))
-        self.told.append(message.number)
-        return message.number
-
-    def answer(self, number):
-        self.theirs.send(link.encode(link.Message("rotated", number)))
-
-    def close(self):
-        self.ours.close()
-        self.theirs.close()
-
-
-def install(management, rotator):
-    management.rotate = rotator.rotate
-    management.begin_rotation = lambda: rotator.begin(blocking=False)
+@contextlib.contextmanager
+def held_mi(tmp_path, rank=1, timeout=10):
+    """An MI FIFO server (test_mi_fifo.Running) rotating with one HeldWriter of `rank`
+    and `timeout` s: (server, writer, rotator); both closed after."""
+    srv, writer = Running(tmp_path), HeldWriter()
+    rotator = Rotator({rank: writer.ours}, timeout, srv.management.statistics)
+    install(srv.management, rotator)
+    try:
+        yield srv, writer, rotator
+    finally:
+        srv.close()
+        writer.close()
 
 
 def slow_threads():
@@ -55,118 +40,97 @@ def slow_threads():
 
 
 def test_mi_rotation_waits_for_the_writer_and_holds_up_nobody(tmp_path):
-    srv = Running(tmp_path)
-    writer = HeldWriter()
-    install(srv.management, Rotator({1: writer.ours}, 10, srv.management.statistics))
     name = TAG + "_rot"
     reply = {}
-    asking = threading.Thread(target=lambda: reply.setdefault("rot", exchange(
-        srv.path, b":flat_rotate:%s\n\n" % name.encode(), "/tmp/" + name, 10)))
     before = slow_threads()
-    try:
-        asking.start()
-        number = writer.receive()
-        # the rotation waits for its writer: everyone else is answered meanwhile
-        assert srv.ask(b":pwd:%s_pwd\n\n" % TAG.encode(), TAG + "_pwd").startswith(b"200 OK\n")
-        assert "rot" not in reply
-        writer.answer(number)
-        asking.join(10)
-        assert reply["rot"] == b"200 OK\n\n"
-        assert slow_threads() <= before      # no helper thread was needed
-    finally:
-        asking.join(10)
-        srv.close()
-        writer.close()
+    with held_mi(tmp_path) as (srv, writer, _):
+        asking = threading.Thread(target=lambda: reply.setdefault("rot", exchange(
+            srv.path, b":flat_rotate:%s\n\n" % name.encode(), "/tmp/" + name, 10)))
+        try:
+            asking.start()
+            number = writer.receive()
+            # the rotation waits for its writer: everyone else is answered meanwhile
+            assert srv.ask(b":pwd:%s_pwd\n\n" % TAG.encode(), TAG + "_pwd").startswith(
+                b"200 OK\n")
+            assert "rot" not in reply
+            writer.answer(number)
+            asking.join(10)
+            assert reply["rot"] == b"200 OK\n\n"
+            assert slow_threads() <= before      # no helper thread was needed
+        finally:
+            asking.join(10)
 
 
 def test_mi_rotation_a_writer_does_not_answer_in_time(tmp_path):
-    srv = Running(tmp_path)
-    writer = HeldWriter()
-    rotator = Rotator({3: writer.ours}, 0.2, srv.management.statistics)
-    install(srv.management, rotator)
     name = TAG + "_late"
-    try:
+    with held_mi(tmp_path, rank=3, timeout=0.2) as (srv, writer, _):
         assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name, 10) == \
             b"500 Rotation incomplete\nwriter 3 did not close its files within 200 ms\n\n"
         late = writer.receive()
         writer.answer(late)                  # too late: not taken for the next rotation's
         answering = threading.Thread(target=lambda: writer.answer(writer.receive()))
         answering.start()
-        assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name, 10) == b"200 OK\n\n"
-        answering.join(10)
+        try:
+            assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name, 10) == b"200 OK\n\n"
+        finally:
+            answering.join(10)
         assert writer.told == [1, 2]
-    finally:
-        srv.close()
-        writer.close()
 
 
 def test_a_garbled_answer_is_that_writers_error_and_the_loop_goes_on(tmp_path):
-    srv = Running(tmp_path)
-    writer = HeldWriter()
-    install(srv.management, Rotator({2: writer.ours}, 10, srv.management.statistics))
     name = TAG + "_garbled"
-    answering = threading.Thread(target=lambda: (writer.receive(), writer.theirs.send(b"?")))
-    try:
+    with held_mi(tmp_path, rank=2) as (srv, writer, _):
+        answering = threading.Thread(target=lambda: (writer.receive(), writer.theirs.send(b"?")))
         answering.start()
-        assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name, 10) == (
-            b"500 Rotation incomplete\nwriter 2: link packet of 1 bytes, shorter than its "
-            b"header\n\n")
-        answering.join(10)
+        try:
+            assert srv.ask(b":flat_rotate:%s\n\n" % name.encode(), name, 10) == (
+                b"500 Rotation incomplete\nwriter 2: link packet of 1 bytes, shorter than its "
+                b"header\n\n")
+        finally:
+            answering.join(10)
         assert srv.ask(b":pwd:%s\n\n" % name.encode(), name).startswith(b"200 OK\n")
-    finally:
-        answering.join(10)
-        srv.close()
-        writer.close()
 
 
 def test_a_second_rotation_waits_for_the_first(tmp_path):
     """Two clients rotate at once: the second one's rotation begins once the first is
     over (on the helper thread, which waits for it); both are told 200."""
-    srv = Running(tmp_path)
-    writer = HeldWriter()
-    install(srv.management, Rotator({1: writer.ours}, 10, srv.management.statistics))
     replies = {}
     before = slow_threads()
-    askers = [threading.Thread(target=lambda n=n: replies.setdefault(n, exchange(
-        srv.path, b":flat_rotate:%s_%d\n\n" % (TAG.encode(), n), "/tmp/%s_%d" % (TAG, n), 10)))
-        for n in (1, 2)]
-    try:
-        askers[0].start()
-        first = writer.receive()
-        askers[1].start()
-        wait_until(lambda: slow_threads() - before, timeout=5,
-                   what="the second rotation to wait on the helper")
-        writer.answer(first)
-        second = writer.receive()            # begun only now
-        assert second == first + 1
-        writer.answer(second)
-        for asker in askers:
-            asker.join(10)
-        assert replies == {1: b"200 OK\n\n", 2: b"200 OK\n\n"}
-    finally:
-        for asker in askers:
-            if asker.ident is not None:
+    with held_mi(tmp_path) as (srv, writer, _):
+        askers = [threading.Thread(target=lambda n=n: replies.setdefault(n, exchange(
+            srv.path, b":flat_rotate:%s_%d\n\n" % (TAG.encode(), n), "/tmp/%s_%d" % (TAG, n),
+            10))) for n in (1, 2)]
+        try:
+            askers[0].start()
+            first = writer.receive()
+            askers[1].start()
+            wait_until(lambda: slow_threads() - before, timeout=5,
+                       what="the second rotation to wait on the helper")
+            writer.answer(first)
+            second = writer.receive()            # begun only now
+            assert second == first + 1
+            writer.answer(second)
+            for asker in askers:
                 asker.join(10)
-        srv.close()
-        writer.close()
+            assert replies == {1: b"200 OK\n\n", 2: b"200 OK\n\n"}
+        finally:
+            for asker in askers:
+                if asker.ident is not None:
+                    asker.join(10)
 
 
 def test_stopping_during_a_rotation_lets_the_next_one_begin(tmp_path):
-    srv = Running(tmp_path)
-    writer = HeldWriter()
-    rotator = Rotator({1: writer.ours}, 10, srv.management.statistics)
-    install(srv.management, rotator)
     name = TAG + "_stop"
     fifo = ReplyFifo(name)
     try:
-        write_request(srv.path, b":flat_rotate:%s\n\n" % name.encode(), 2)
-        writer.receive()
-        srv.close()                          # mid-rotation
-        assert rotator.lock.acquire(timeout=5)   # the rotation let go of it
-        rotator.lock.release()
+        with held_mi(tmp_path) as (srv, writer, rotator):
+            write_request(srv.path, b":flat_rotate:%s\n\n" % name.encode(), 2)
+            writer.receive()
+            srv.close()                          # mid-rotation
+            assert rotator.lock.acquire(timeout=5)   # the rotation let go of it
+            rotator.lock.release()
     finally:
         fifo.close()
-        writer.close()
 
 
 def test_jsonrpc_rotation_closes_a_real_writers_files(tmp_path):

@@ -436,30 +436,56 @@ def test_fifo_directory_deleted_and_made_again(tmp_path, monkeypatch, caplog, wa
 
 
 
+class HeldWriter:
+    """A writer's control socket that answers `rotate N` only when `answer()` is called
+    (or never). The other end, `ours`, goes into the Rotator."""
+
+    def __init__(self):
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.told = []
+
+    def receive(self, timeout=5.0):
+        """Wait for the next `rotate N`; its number."""
+        self.theirs.settimeout(timeout)
+        message = link.decode(self.theirs.recv(4096))
+        self.told.append(message.number)
+        return message.number
+
+    def answer(self, number):
+        self.theirs.send(link.encode(link.Message("rotated", number)))
+
+    def close(self):
+        self.ours.close()
+        self.theirs.close()
+
+
+def install(management, rotator):
+    """`management` rotates with `rotator`, in the FIFO servers' loops too."""
+    management.rotate = rotator.rotate
+    management.begin_rotation = lambda: rotator.begin(blocking=False)
+
+
 def hang_rotation(management, most=1.0):
     """Give `management` a real rotator with one writer that is slow to answer: it takes
     each `rotate N` at once, then answers `rotated N` after `most` s, or once `release`
     is set (counting management.rotations then). Returns the (started, release) events;
     started is set when the writer has been told to rotate."""
     started, release = threading.Event(), threading.Event()
-    ours, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    rotator = Rotator({1: ours}, most + 10, management.statistics)
-    writer.settimeout(most + 20)    # the thread ends once nothing more comes
+    writer = HeldWriter()
 
     def slow_writer():
         while True:
             try:
-                told = link.decode(writer.recv(4096))
+                number = writer.receive(most + 20)  # the thread ends once nothing more comes
             except OSError:
-                writer.close()
+                writer.theirs.close()
                 return
             started.set()
             release.wait(most)
             management.rotations += 1
-            writer.send(link.encode(link.Message("rotated", told.number)))
+            writer.answer(number)
     threading.Thread(target=slow_writer, daemon=True).start()
-    management.rotate = rotator.rotate
-    management.begin_rotation = lambda: rotator.begin(blocking=False)
+    install(management, Rotator({1: writer.ours}, most + 10, management.statistics))
     return started, release
 
 
