@@ -236,3 +236,44 @@ def test_merge_runs_keep_heapq_merge_order(tmp_path_factory, files, read_size):
     finally:
         reader.READ_SIZE = old
     assert got == want
+
+
+GZIP_CASES = {
+    "one member": [b"a|1\n" * 5000],
+    "two members": [b"a|1\n" * 3000, b"b|2\n"],
+    "zero padding after a member": [b"a|1\n" * 100, b"\0" * 512],
+    "padding, then another member": [b"a|1\n" * 100, b"\0\0", b"c|3\n"],
+    "empty file": [],
+}
+
+
+@pytest.mark.parametrize("case", sorted(GZIP_CASES))
+@pytest.mark.parametrize("output", [7, 4096, reader.GZIP_OUTPUT])
+def test_gzip_inflater_reads_what_gzip_reads(tmp_path, monkeypatch, case, output):
+    """The .gz reader (zlib alone, big reads on a worker thread) against the gzip module,
+    with output limits that cut inside records and inside members."""
+    data = b"".join(part if part.startswith(b"\0") else gzip.compress(part)
+                    for part in GZIP_CASES[case])
+    monkeypatch.setattr(reader, "GZIP_OUTPUT", output)
+    (tmp_path / "acc_129.log.1.gz").write_bytes(data)
+    got = [r.raw for r in reader.read_table(tmp_path, "acc", rotated=True)]
+    expected = gzip.decompress(data).split(b"\n")[:-1] if data else []
+    assert got == expected
+
+
+def test_damaged_gzip_raises_naming_the_file_after_its_whole_records(tmp_path):
+    data = gzip.compress(b"".join(b"rec|%d\n" % n for n in range(50000)))
+    (tmp_path / "acc_129.log.1.gz").write_bytes(data[:len(data) // 2])
+    got = []
+    with pytest.raises(reader.DamagedFileError) as raised:
+        for record in reader.read_table(tmp_path, "acc", rotated=True):
+            got.append(record.raw)
+    assert raised.value.path == str(tmp_path / "acc_129.log.1.gz")
+    assert "end-of-stream marker" in str(raised.value)
+    assert got and got == [b"rec|%d" % n for n in range(len(got))]   # whole, in order
+    # a changed byte in the middle: zlib finds the damage (or the CRC does), never silence
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    (tmp_path / "acc_129.log.1.gz").write_bytes(bytes(bad))
+    with pytest.raises(reader.DamagedFileError):
+        list(reader.read_table(tmp_path, "acc", rotated=True))

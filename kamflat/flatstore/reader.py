@@ -17,6 +17,7 @@ import heapq
 import lzma
 import os
 import re
+import zlib
 from typing import NamedTuple
 
 from kamflat.acc import ACC_COLUMNS  # noqa: F401  (acc's fixed columns, named here too)
@@ -27,6 +28,7 @@ ACC_TABLES = ("acc", "missed_calls")
 ENCODED_DELIMITER = "%7C"  # what encode_delimiter writes for `|` (uppercase hex, as observed)
 
 # Rotated-file suffixes we can decompress with the standard library, and ones we cannot.
+# (.gz files are read with GzipInflater, faster; gzip.open opens them the same way.)
 DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 UNREADABLE_SUFFIXES = (".zst", ".lz4", ".lzo", ".Z", ".zip", ".br")
 
@@ -250,15 +252,114 @@ def read_file_chunks(directory, table_file):
         yield split_block(block)
 
 
-def read_file_blocks(directory, table_file):
-    """read_file_chunks()'s chunks, each as one bytes: its records joined by newlines, as
-    they are on disk (split_block() gives the records)."""
-    path = os.path.join(directory, table_file.name)
-    opener = DECOMPRESSORS.get(table_file.compression, open)
+class DamagedFileError(OSError):
+    """A compressed file whose data cannot be decompressed to its end (truncated, corrupt,
+    or not in the format its name says): `path` names it."""
+
+    def __init__(self, path, error):
+        super().__init__("%s: cannot decompress it (%s): only its whole records before that "
+                         "point were read" % (path, error or type(error).__name__))
+        self.path = path
+
+
+# What the decompressors raise for bad data (gzip's BadGzipFile and bz2's are OSErrors).
+DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+# A .gz file is read GZIP_INPUT compressed bytes at a time and handed on GZIP_OUTPUT
+# decompressed bytes at most at a time (a small input can expand a thousandfold).
+GZIP_INPUT = 1 << 18
+GZIP_OUTPUT = 1 << 20
+_decompressing = []   # the thread that reads ahead in .gz files (made when needed)
+
+
+class GzipInflater:
+    """A .gz file's decompressed bytes, read() after read() (b"" at its end), with zlib
+    alone: big reads, so that on a worker thread it takes the GIL a few times per MiB
+    (gzip.GzipFile reads 8 KiB at a time on 3.11, and each read would be a handoff).
+    Members one after the other and zero padding after one are read as gzip reads them;
+    zlib checks each member's CRC and length."""
+
+    def __init__(self, raw):
+        self.raw = raw          # the file, opened unbuffered
+        self.member = None      # the zlib decompressor of the member being read
+        self.tail = b""         # input read and not decompressed yet
+
+    def read(self):
+        while True:
+            data, self.tail = self.tail or self.raw.read(GZIP_INPUT), b""
+            member = self.member
+            if not data:
+                if member is None:
+                    return b""
+                out = member.flush()
+                if not member.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker "
+                                   "was reached")
+                self.member = None
+                return out
+            if member is None:
+                data = data.lstrip(b"\0")
+                if not data:
+                    continue
+                member = self.member = zlib.decompressobj(31)   # 31: gzip header, trailer
+            out = member.decompress(data, GZIP_OUTPUT)
+            if member.eof:
+                self.tail, self.member = member.unused_data, None
+            else:
+                self.tail = member.unconsumed_tail
+            if out:
+                return out
+
+
+def _read_ahead(read):
+    """read() calls, each done on a thread while the caller works on the one before:
+    zlib lets go of the GIL while it works, so decompression takes a core of its own.
+    One thread for every file (each has one read in flight): bounded memory, whatever
+    the number of rotated files. Yields the data READ_SIZE bytes at a time."""
+    if not _decompressing:
+        from concurrent.futures import ThreadPoolExecutor   # only cat --rotated needs it
+        _decompressing.append(ThreadPoolExecutor(1, thread_name_prefix="kamflat-decompress"))
+    submit = _decompressing[0].submit
+    ahead = submit(read)
     try:
-        with opener(path, "rb") as stream:
-            splitter = RecordSplitter()
-            for chunk in iter(lambda: stream.read(READ_SIZE), b""):
+        while True:
+            data = ahead.result()
+            if not data:
+                return
+            ahead = submit(read)
+            for start in range(0, len(data), READ_SIZE):
+                yield data[start:start + READ_SIZE]
+    finally:
+        # a read still running ends before the caller closes the file
+        if not ahead.cancel():
+            try:
+                ahead.result()
+            except DECOMPRESSION_ERRORS:
+                pass
+
+
+def read_file_blocks(directory, table_file, on_damage=None):
+    """read_file_chunks()'s chunks, each as one bytes: its records joined by newlines, as
+    they are on disk (split_block() gives the records).
+
+    A compressed file that cannot be decompressed to its end gives its records up to the
+    damage (not the incomplete one there), then raises DamagedFileError, or passes it to
+    on_damage(error) and ends."""
+    path = os.path.join(directory, table_file.name)
+    compression = table_file.compression
+    try:
+        if compression == ".gz":
+            stream = open(path, "rb", buffering=0)
+            chunks = _read_ahead(GzipInflater(stream).read)
+        else:
+            stream = DECOMPRESSORS.get(compression, open)(path, "rb")
+            chunks = iter(lambda: stream.read(READ_SIZE), b"")
+    except FileNotFoundError:
+        return
+    splitter = RecordSplitter()
+    with stream:
+        try:
+            for chunk in chunks:
                 splitter.feed(chunk)
                 found = [splitter.block(hold_cr=True)]
                 if found[0] is not None:
@@ -266,13 +367,25 @@ def read_file_blocks(directory, table_file):
                     # memory is free again as soon as the caller is done (measurably
                     # faster, the next blocks reuse it)
                     yield found.pop()
-            block = splitter.block()
-            if splitter.pending:
-                block = splitter.pending if block is None else block + b"\n" + splitter.pending
+        except DECOMPRESSION_ERRORS as error:
+            if not compression:
+                raise
+            block = splitter.block()     # the whole records before the damage
             if block is not None:
                 yield block
-    except FileNotFoundError:
-        return
+            damage = DamagedFileError(path, error)
+            if on_damage is None:
+                raise damage from None
+            on_damage(damage)
+            return
+        finally:
+            if compression == ".gz":
+                chunks.close()   # the read ahead ends before the file is closed
+    block = splitter.block()
+    if splitter.pending:
+        block = splitter.pending if block is None else block + b"\n" + splitter.pending
+    if block is not None:
+        yield block
 
 
 def merge_chunks(streams, time_index=None):

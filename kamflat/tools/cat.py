@@ -336,7 +336,12 @@ def run(command, argv):
 def cat(args, source, printer):
     _widen_pipe(printer.out)
     files = reader.list_table_files(source.directory, source.table, args.rotated)
-    streams = [printer.chunks(reader.read_file_blocks(source.directory, f), f.name,
+    damaged = []
+
+    def on_damage(error):       # the other files are still printed; the status says it
+        print("kamflat cat: %s" % error, file=sys.stderr, flush=True)
+        damaged.append(error)
+    streams = [printer.chunks(reader.read_file_blocks(source.directory, f, on_damage), f.name,
                               source.time_index) for f in files]
     if source.time_index is None:
         runs = (lines for stream in streams for lines, _ in stream)
@@ -350,6 +355,9 @@ def cat(args, source, printer):
             write(lines)
     finally:
         printer.flush()         # what was merged so far, also when interrupted
+    if damaged:
+        raise ToolError("%d compressed file%s could not be read to the end (above)"
+                        % (len(damaged), "" if len(damaged) == 1 else "s"))
 
 
 def _widen_pipe(out):
