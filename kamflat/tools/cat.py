@@ -15,10 +15,10 @@ import json
 import os
 import stat
 import sys
-from itertools import accumulate, compress
+from itertools import accumulate, compress, islice
 
 from kamflat.flatstore import reader
-from kamflat.tools import catjson
+from kamflat.tools import catjson, catproc
 from kamflat.tools.catjson import ENCODED_DELIMITER
 
 WRITE_LINES = 512     # lines cat gathers before a write: fewer writes than runs, still cached
@@ -103,40 +103,65 @@ class Printer:
         self._pending = []
         self._pending_size = 0
 
-    def chunks(self, blocks, file_name, time_index):
+    def chunks(self, blocks, file_name, time_index, converter=None):
         """One file's blocks (reader.read_file_blocks) -> (what is printed for their
         records, their time keys), for reader.merge_keyed; the keys are None without a time
-        column. Plain: the records; JSON: a catjson.Lines."""
+        column. Plain: the records; JSON: a catjson.Lines, some made by `converter` (a
+        catproc.Converter) if one is given."""
         if self.json:
-            return self._json_chunks(blocks, file_name, time_index)
+            return self._json_chunks(blocks, file_name, time_index, converter)
         chunks = map(reader.split_block, blocks)
         if time_index is None:
             return ((records, None) for records in chunks)
         return reader.keyed_chunks(chunks, time_index)
 
-    def _json_chunks(self, blocks, file_name, time_index):
+    def _json_chunks(self, blocks, file_name, time_index, converter):
         previous = 0
-        for block in blocks:
-            lines, times, records = self._json_block(block, file_name, time_index)
+        for block, (lines, keys) in self._json_converted(blocks, file_name, time_index,
+                                                         converter):
             if time_index is None:
                 yield lines, None
                 continue
-            keys = None
-            if times is not None:      # the time column as the JSON's split cut it
-                try:
-                    keys = list(map(int, times))
-                except ValueError:
-                    pass
             if keys is None:
-                if records is None:
-                    records = reader.split_block(block)
-                keys = reader.time_keys(records, time_index, previous)
+                keys = reader.time_keys(reader.split_block(block), time_index, previous)
             previous = keys[-1]
             yield lines, keys
 
+    def _json_converted(self, blocks, file_name, time_index, converter):
+        """(block, json_keyed() of it) for each block. With a converter, the SHARE blocks
+        after each one made here go to the converter first, to be made there meanwhile."""
+        if converter is None:
+            for block in blocks:
+                yield block, self.json_keyed(block, file_name, time_index)
+            return
+        blocks = iter(blocks)
+        for block in blocks:
+            sent = []
+            for ahead in islice(blocks, catproc.SHARE):
+                ticket = converter.send(file_name, ahead)
+                sent.append((ahead, ticket))
+                if ticket is None:    # the converter has enough: this one is made here too
+                    break
+            yield block, self.json_keyed(block, file_name, time_index)
+            for ahead, ticket in sent:
+                yield ahead, (self.json_keyed(ahead, file_name, time_index) if ticket is None
+                              else converter.result(ticket))
+
+    def json_keyed(self, block, file_name, time_index):
+        """write()'s JSON of a block's records as a catjson.Lines, and their time keys when
+        every time column is a number (else None: a key then depends on the record before,
+        which may be in the block before)."""
+        lines, times = self._json_block(block, file_name, time_index)
+        if times is not None:          # the time column as the JSON's split cut it
+            try:
+                return lines, list(map(int, times))
+            except ValueError:
+                pass
+        return lines, None
+
     def _json_block(self, block, file_name, time_index):
-        """write()'s JSON of a block's records as a catjson.Lines; their time column (bytes)
-        when the JSON's split cut it, else None; and the records when they were split."""
+        """write()'s JSON of a block's records as a catjson.Lines, and their time column
+        (bytes) when the JSON's split cut it, else None."""
         if self._templated:
             first = block.find(b"\n")
             count = (block.count(b"|", 0, first) if first >= 0 else block.count(b"|")) + 1
@@ -145,12 +170,12 @@ class Printer:
                 if made is not None:
                     (data, values, times), (_, scale, extra) = made
                     cum = list(accumulate(map(len, values), initial=0))
-                    return catjson.Lines(memoryview(data), cum, scale, extra), times, None
+                    return catjson.Lines(memoryview(data), cum, scale, extra), times
         records = reader.split_block(block)
         lines, times = self._json_chunk(records, file_name, time_index)
         cum = list(accumulate(map(len, lines), initial=0))
         lines.append(b"")             # for the newline after the last line
-        return catjson.Lines(memoryview(b"\n".join(lines)), cum, 1, 1), times, records
+        return catjson.Lines(memoryview(b"\n".join(lines)), cum, 1, 1), times
 
     def write_lines(self, lines):
         """Lines (bytes without their newline) to print, written a block at a time."""
@@ -341,9 +366,30 @@ def cat(args, source, printer):
     def on_damage(error):       # the other files are still printed; the status says it
         print("kamflat cat: %s" % error, file=sys.stderr, flush=True)
         damaged.append(error)
-    streams = [printer.chunks(reader.read_file_blocks(source.directory, f, on_damage), f.name,
-                              source.time_index) for f in files]
-    if source.time_index is None:
+    blocks = [reader.read_file_blocks(source.directory, f, on_damage) for f in files]
+    converter = None
+    if printer.json and catproc.worth_splitting(source.directory, files):
+        converter = catproc.Converter(printer, [f.name for f in files], source.time_index)
+    try:
+        _print_merged(printer, files, blocks, source.time_index, converter)
+    except catproc.ConverterFailed as error:
+        raise ToolError(str(error))
+    finally:
+        if converter is not None:
+            try:
+                converter.close()
+            except catproc.ConverterFailed as error:
+                raise ToolError(str(error))
+    if damaged:
+        raise ToolError("%d compressed file%s could not be read to the end (above)"
+                        % (len(damaged), "" if len(damaged) == 1 else "s"))
+
+
+def _print_merged(printer, files, blocks, time_index, converter=None):
+    """Each file's blocks turned into what is printed, then merged and printed."""
+    streams = [printer.chunks(file_blocks, f.name, time_index, converter)
+               for f, file_blocks in zip(files, blocks)]
+    if time_index is None:
         runs = (lines for stream in streams for lines, _ in stream)
         if printer.json:
             runs = (lines.data for lines in runs)
@@ -355,9 +401,6 @@ def cat(args, source, printer):
             write(lines)
     finally:
         printer.flush()         # what was merged so far, also when interrupted
-    if damaged:
-        raise ToolError("%d compressed file%s could not be read to the end (above)"
-                        % (len(damaged), "" if len(damaged) == 1 else "s"))
 
 
 def _widen_pipe(out):
