@@ -1,15 +1,20 @@
 """`kamflat cat --json` with its forked converter (kamflat.tools.catproc), end to end: the
 bytes are those of cat in one process, and a converter that dies, a reader that goes
 away and ^C each end cat cleanly."""
+import io
 import os
+import resource
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 
 import pytest
 
 from conftest import kamflat_argv, kamflat_env, wait_until
 from kamflat.flatstore.record import make_encoder
-from kamflat.tools import catproc
+from kamflat.tools import cat, catproc
 from kamflat.tools.gen import EDGE_CASES, CallGenerator
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
@@ -130,3 +135,43 @@ def test_interrupt_ends_cat_and_its_converter(acc_dir):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err, err
     assert not os.path.exists("/proc/%d" % converter)
+
+
+NOBODY = 65534
+
+
+def test_no_fork_left_cat_prints_in_one_process(acc_dir):
+    """At the process limit, cat reads as one process: the same bytes, status 0. cat runs
+    in a forked child as an unprivileged uid held to one process (root is not held to
+    RLIMIT_NPROC), in the test's interpreter (that uid cannot reach this Python)."""
+    base = tempfile.mkdtemp(prefix="kamflat-nproc-")     # reachable by that uid
+    try:
+        os.chmod(base, 0o755)
+        for path in acc_dir.glob("*.log"):
+            shutil.copy(path, base)
+        args = ["--dir", base, "--json", "acc"]
+        one = subprocess.run(kamflat_argv("cat", *args), env=kamflat_env(),
+                             capture_output=True, timeout=120, preexec_fn=one_cpu)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 3
+            try:
+                os.close(read_end)
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+                sys.stdout = io.TextIOWrapper(os.fdopen(write_end, "wb"))
+                status = cat.run("cat", args)
+                sys.stdout.flush()
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as printed:
+            limited = printed.read()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert limited == one.stdout and one.stdout.count(b"\n") > 20000
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -371,6 +371,12 @@ def cat(args, source, printer):
     if printer.json and catproc.worth_splitting(source.directory, files):
         converter = catproc.Converter(printer, [f.name for f in files], source.time_index)
     try:
+        if converter is not None:
+            try:
+                converter.start()
+            except OSError:            # no fork (process limit, memory): one process then
+                converter.close()
+                converter = None
         _print_merged(printer, files, blocks, source.time_index, converter)
     except catproc.ConverterFailed as error:
         raise ToolError(str(error))

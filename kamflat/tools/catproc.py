@@ -91,49 +91,65 @@ def _converter(printer, names, time_index, requests, replies):
 
 
 class Converter:
-    """The forked converter, seen from cat: send() a block, result() its conversion."""
+    """The forked converter, seen from cat: start() it, send() a block, result() its
+    conversion, close() at the end (also after a failed or interrupted start())."""
 
     def __init__(self, printer, names, time_index):
-        to_converter, requests = os.pipe()
-        replies, from_converter = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            status = 0
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)   # cat stops it
-                os.close(requests)
-                os.close(replies)
-                with open(to_converter, "rb", buffering=PIPE_BUFFER) as reading, \
-                        open(from_converter, "wb", buffering=PIPE_BUFFER) as writing:
-                    _converter(printer, names, time_index, reading, writing)
-            except BrokenPipeError:
-                pass                     # cat has gone, or stopped reading: nothing to say
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            finally:
-                try:
-                    sys.stderr.flush()
-                finally:
-                    os._exit(status)
-        os.close(to_converter)
-        os.close(from_converter)
-        self._requests, self._replies = requests, replies
-        os.set_blocking(requests, False)
-        _widen(requests)
+        self._job = printer, names, time_index
+        self.pid = None
+        self._requests = self._replies = None
         self._numbers = {name: number for number, name in enumerate(names)}
-        self._poll = select.poll()
-        self._poll.register(replies, select.POLLIN)
         self._out = bytearray()      # requests not written yet
         self._in = bytearray()       # replies read, not taken apart yet
         # each read goes into the same buffer (a new 1 MiB bytes per read cost more than
         # the read: the memory is mapped and unmapped each time)
         self._chunk = bytearray(READ_SIZE)
         self._chunk_view = memoryview(self._chunk)
-        _widen(replies)
         self._done = {}              # ticket -> (lines, time keys)
         self._tickets = 0
         self.in_flight = 0
+
+    def start(self):
+        to_converter, self._requests = os.pipe()
+        self._replies, from_converter = os.pipe()
+        for fd in (self._requests, self._replies):
+            _widen(fd)
+        os.set_blocking(self._requests, False)
+        self._poll = select.poll()
+        self._poll.register(self._replies, select.POLLIN)
+        # ^C waits until the fork is done and its pid known (then close() can stop it),
+        # and never reaches the converter (cat stops it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                os.close(self._requests)
+                os.close(self._replies)
+                self._serve(to_converter, from_converter)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        os.close(to_converter)
+        os.close(from_converter)
+
+    def _serve(self, to_converter, from_converter):
+        """The converter process, from its start to its exit."""
+        status = 0
+        try:
+            with open(to_converter, "rb", buffering=PIPE_BUFFER) as reading, \
+                    open(from_converter, "wb", buffering=PIPE_BUFFER) as writing:
+                _converter(*self._job, reading, writing)
+        except BrokenPipeError:
+            pass                     # cat has gone, or stopped reading: nothing to say
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
 
     def send(self, file_name, block):
         """Queue a block for conversion: its ticket, or None when MAX_IN_FLIGHT are out or
@@ -209,10 +225,9 @@ class Converter:
         """Stop the converter (the end of its input; its replies go nowhere) and wait for
         it; raises ConverterFailed if it did not end cleanly."""
         for fd in (self._requests, self._replies):
-            try:
+            if fd is not None:
                 os.close(fd)
-            except OSError:
-                pass
+        self._requests = self._replies = None
         how = self._wait() if self.pid is not None else None
         if how:
             raise ConverterFailed("the JSON converter process %s" % how)
