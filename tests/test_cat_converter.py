@@ -109,8 +109,10 @@ def test_a_killed_converter_fails_cat_with_whole_lines_printed(acc_dir):
                            env=kamflat_env(), capture_output=True, timeout=120).stdout
     proc = start_cat("--dir", acc_dir, "--json", "acc")
     converter = wait_until(lambda: children_of(proc.pid), what="the converter")[0]
+    first = proc.stdout.read(1 << 16)      # cat is under way (then blocked on its stdout)
     os.kill(converter, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
+    out = first + out
     assert proc.returncode == 2
     assert b"the JSON converter process was killed by signal 9" in err
     assert b"Traceback" not in err
