@@ -127,7 +127,11 @@ def removal(base, flush, opts):
         streams = Streams(server, opts.senders, 500)
         try:
             wait(lambda: disk_bytes(server.acc_dir) > 500_000, 60, "records on disk")
-            shutil.rmtree(server.acc_dir)
+            # rm -rf with the path gone at once (in place, a writer could make its file
+            # again before the rmdir: "Directory not empty")
+            gone = server.acc_dir.rstrip("/") + ".removed"
+            os.rename(server.acc_dir, gone)
+            shutil.rmtree(gone)
             streams.mark.set()
             time.sleep(0.5)
             os.mkdir(server.acc_dir)
