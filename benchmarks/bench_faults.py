@@ -127,11 +127,14 @@ def removal(base, flush, opts):
         streams = Streams(server, opts.senders, 500)
         try:
             wait(lambda: disk_bytes(server.acc_dir) > 500_000, 60, "records on disk")
-            # rm -rf with the path gone at once (in place, a writer could make its file
-            # again before the rmdir: "Directory not empty")
-            gone = server.acc_dir.rstrip("/") + ".removed"
-            os.rename(server.acc_dir, gone)
-            shutil.rmtree(gone)
+            # rm -rf, and again if a writer that found its file deleted made it anew
+            # before the rmdir ("Directory not empty"); counted from the last attempt on
+            for _ in range(20):
+                if not os.path.exists(server.acc_dir):
+                    break
+                shutil.rmtree(server.acc_dir, ignore_errors=True)
+            else:
+                raise RuntimeError("%s keeps coming back" % server.acc_dir)
             streams.mark.set()
             time.sleep(0.5)
             os.mkdir(server.acc_dir)

@@ -116,12 +116,14 @@ def test_acc_directory_removed_while_records_stream(tmp_path, flush):
             thread.start()
         try:
             wait_until(lambda: disk_bytes(server) > 100_000, 20, what="records on disk")
-            # rm -rf, with the path gone at once: removed in place, a writer that had
-            # found its file deleted could make it again before the rmdir (CI failed on
-            # "Directory not empty" once)
-            gone = server.acc.with_name("acc.removed")
-            os.rename(server.acc, gone)
-            shutil.rmtree(gone)
+            # rm -rf, and again if a writer that found its file deleted made it anew before
+            # the rmdir ("Directory not empty": CI met it once), as a user would; what the
+            # writers reported before the last attempt is not counted below
+            attempts = 0
+            while server.acc.exists():
+                attempts += 1
+                assert attempts <= 20, "the directory keeps coming back"
+                shutil.rmtree(server.acc, ignore_errors=True)
             removed.set()
             wait_until(lambda: "was deleted under the writer" in server.log(), 10,
                        what="the deleted file to be noticed")
@@ -142,7 +144,8 @@ def test_acc_directory_removed_while_records_stream(tmp_path, flush):
     assert_nothing_lost(counted)
     assert len(acked) == sum(len(ids) for ids, _ in after)   # nothing refused: they waited
     assert statistic(stats, "flatstore:acc_reopened") >= 1
-    assert 1 <= server.log().count("was deleted under the writer") <= 2   # once per writer
+    # once per writer and removal
+    assert 1 <= server.log().count("was deleted under the writer") <= 2 * attempts
 
 
 @root_only
