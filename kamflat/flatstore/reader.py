@@ -314,7 +314,7 @@ class GzipInflater:
 def _read_ahead(read):
     """read() calls, each done on a thread while the caller works on the one before:
     zlib lets go of the GIL while it works, so decompression takes a core of its own.
-    One thread for every file (each has one read in flight): bounded memory, whatever
+    One thread serves every file, each with one read in flight: bounded memory, whatever
     the number of rotated files. Yields the data READ_SIZE bytes at a time."""
     if not _decompressing:
         from concurrent.futures import ThreadPoolExecutor   # only cat --rotated needs it

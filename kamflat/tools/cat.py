@@ -10,10 +10,8 @@ are known: acc's 7 columns + the db_extra names of the config (-f) for acc's tab
 names given with --keys.
 """
 import argparse
-import fcntl
 import json
 import os
-import stat
 import sys
 from itertools import accumulate, compress, islice
 
@@ -23,7 +21,6 @@ from kamflat.tools.catjson import ENCODED_DELIMITER
 
 WRITE_LINES = 512     # lines cat gathers before a write: fewer writes than runs, still cached
 WRITE_SIZE = 1 << 18  # bytes of JSON lines cat gathers before a write (their lines are longer)
-PIPE_SIZE = 1 << 20   # what cat asks of a pipe on its stdout (the default is 64 KiB)
 JSON_BATCH = 1024     # records turned into JSON at a time: their fields stay in the CPU cache
 
 CAT_DOC = "print a table's records merged across its per-process files"
@@ -359,7 +356,7 @@ def run(command, argv):
 
 
 def cat(args, source, printer):
-    _widen_pipe(printer.out)
+    catproc.widen_pipe(printer.out)
     files = reader.list_table_files(source.directory, source.table, args.rotated)
     damaged = []
 
@@ -407,19 +404,6 @@ def _print_merged(printer, files, blocks, time_index, converter=None):
             write(lines)
     finally:
         printer.flush()         # what was merged so far, also when interrupted
-
-
-def _widen_pipe(out):
-    """Let a pipe on `out` hold PIPE_SIZE bytes, if it is a pipe and holds less: whoever
-    reads it is woken for every pipeful, and a pipeful of 64 KiB is a few hundred JSON
-    lines. Where that cannot be done, the pipe stays as it is."""
-    try:
-        fd = out.fileno()
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
-                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (OSError, ValueError, AttributeError):   # no fd, not Linux, over the user's quota
-        pass
 
 
 def follow(args, source, printer):

@@ -24,6 +24,7 @@ import marshal
 import os
 import select
 import signal
+import stat
 import struct
 import sys
 import traceback
@@ -37,16 +38,20 @@ MAX_SENT = 1 << 26      # a bigger block (one huge record) is made in cat: its J
                         # outgrow the headers' 32-bit lengths
 PIPE_BUFFER = 1 << 18   # the converter's reads and writes
 READ_SIZE = 1 << 20     # cat's reads of replies
-PIPE_SIZE = 1 << 20     # what cat asks of the pipes (the default is 64 KiB)
+PIPE_SIZE = 1 << 20     # what cat asks of its pipes, stdout too (the default is 64 KiB)
 SPLIT_MIN_BYTES = 1 << 20   # less input than this: one process (a fork costs a few ms)
 
 
-def _widen(fd):
-    """A pipe of PIPE_SIZE bytes: fewer wake-ups, fewer reads (it stays as it is where the
-    system says no)."""
+def widen_pipe(out):
+    """Let a pipe (`out`: a file or a descriptor) hold PIPE_SIZE bytes, if it is a pipe and
+    holds less: whoever reads it is woken for every pipeful, and a pipeful of 64 KiB is a
+    few hundred JSON lines. Where that cannot be done, the pipe stays as it is."""
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (OSError, AttributeError):
+        fd = out if isinstance(out, int) else out.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
+                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, ValueError, AttributeError):   # no fd, not Linux, over the user's quota
         pass
 
 
@@ -113,7 +118,7 @@ class Converter:
         to_converter, self._requests = os.pipe()
         self._replies, from_converter = os.pipe()
         for fd in (self._requests, self._replies):
-            _widen(fd)
+            widen_pipe(fd)
         os.set_blocking(self._requests, False)
         self._poll = select.poll()
         self._poll.register(self._replies, select.POLLIN)
