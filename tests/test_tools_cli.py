@@ -93,7 +93,7 @@ def test_cat_rotated_damaged_compressed_files_are_named_and_the_rest_printed(tmp
     assert "Traceback" not in stderr
     for name in ("acc_130.log.1.gz", "acc_131.log.1.gz", "acc_132.log.1.bz2", "acc_133.log.1.xz"):
         assert "%s: cannot decompress it" % (tmp_path / name) in stderr, stderr
-    assert "4 compressed files could not be read to the end" in stderr
+    assert "4 files left out or read only in part (above)" in stderr
     # what zlib can make of the truncated file, but for the incomplete record at its end
     readable = zlib.decompressobj(31).decompress(truncated)
     expected = good + readable[:readable.rindex(b"\n")].split(b"\n")
@@ -117,6 +117,25 @@ def test_cat_into_a_closed_pipe_is_quiet(acc_dir):
     proc.stdout.close()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == b""
+
+
+def test_cat_leaves_out_a_table_name_that_is_no_regular_file(tmp_path):
+    """A FIFO named like a table file (a test bed capturing a writer's output, say) made
+    cat wait forever in open(), for a writer; a directory ended it there. Now each is named
+    on stderr and left out, the other files are printed, and the status is 2."""
+    (tmp_path / "acc_129.log").write_bytes(b"\n".join(record_lines(0, 3)) + b"\n")
+    os.mkfifo(tmp_path / "acc_130.log")
+    (tmp_path / "acc_131.log").mkdir()
+    result = subprocess.run(kamflat_argv("cat", "--dir", tmp_path, "--json", "acc"),
+                            env=kamflat_env(), capture_output=True, timeout=30)
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "%s: not a regular file (a FIFO): left out" % (tmp_path / "acc_130.log") in stderr
+    assert "%s: not a regular file (a directory): left out" % (tmp_path / "acc_131.log") \
+        in stderr
+    assert "2 files left out or read only in part (above)" in stderr
+    assert [json.loads(line)["values"][3] for line in result.stdout.splitlines()] == \
+        ["c0", "c1", "c2"]
 
 
 def test_cat_rotated_into_a_pipe_closed_mid_gzip_is_quiet(tmp_path):
@@ -197,6 +216,21 @@ def test_follow_across_a_rename_and_a_new_file(tmp_path, mode_args):
     assert sorted(got) == sorted([b"INVITE|f1|t1|c1|200|OK|1", b"BYE|f1|t1|c1|200|OK|2",
                                   b"INVITE|f2|t2|c2|200|OK|3", b"INVITE|f3|t3|c3|200|OK|4",
                                   b"INVITE|f4|t4|c4|200|OK|5"])
+
+
+def test_follow_leaves_out_a_fifo_named_like_a_table_file(tmp_path):
+    """follow waited forever in open() on such a FIFO, for a writer, and printed nothing
+    more; now it says so once, and goes on with the other files."""
+    os.mkfifo(tmp_path / "acc_130.log")
+    append(tmp_path / "acc_129.log", b"INVITE|f1|t1|c1|200|OK|1\n")
+    with FollowProcess("--dir", tmp_path, "--count", "2", "--timeout", "20", "--poll",
+                       "acc") as follower:
+        follower.wait_lines(1, "the existing record")
+        append(tmp_path / "acc_129.log", b"BYE|f1|t1|c1|200|OK|2\n")
+        code, err = follower.finish()
+    assert code == 0, err
+    assert follower.lines() == [b"INVITE|f1|t1|c1|200|OK|1", b"BYE|f1|t1|c1|200|OK|2"]
+    assert err.count("acc_130.log is not a regular file: left out") == 1
 
 
 def test_follow_new_json_only_what_comes_and_timeout_stops_it(tmp_path):

@@ -19,6 +19,7 @@ optional), else from polling every `poll_interval`. Either way each wake-up does
 scan-and-read, so both modes give the same records; inotify only makes them arrive sooner.
 """
 import os
+import stat
 import threading
 import time
 from typing import NamedTuple
@@ -74,6 +75,7 @@ class Follower:
         self._tracked = {}          # (dev, ino) -> _Tracked
         self._done = set()          # (dev, ino) of files read to the end and closed
         self._history = set()       # (dev, ino) of rotated files that predate us
+        self._irregular = set()     # names that are no regular file (said once each)
         self._watch = None
         self.mode = self._start_watch() if mode != "poll" else "poll"
         if mode == "inotify" and self.mode != "inotify":
@@ -164,6 +166,11 @@ class Follower:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # renamed away between listing and stat
+                continue
+            if not stat.S_ISREG(st.st_mode):   # a FIFO's open would wait for a writer
+                if entry.name not in self._irregular:
+                    self._irregular.add(entry.name)
+                    self._notice("%s is not a regular file: left out" % entry.name)
                 continue
             found.append((entry.name, (st.st_dev, st.st_ino), st))
         # Files seen neither now nor tracked can be forgotten: their inode may be reused.

@@ -17,6 +17,7 @@ import heapq
 import lzma
 import os
 import re
+import stat
 import zlib
 from typing import NamedTuple
 
@@ -262,6 +263,39 @@ class DamagedFileError(OSError):
         self.path = path
 
 
+class NotRegularFileError(OSError):
+    """A table file name that is not a regular file (a FIFO, a directory, a device): read,
+    a FIFO would wait for a writer forever. `path` names it."""
+
+    def __init__(self, path, kind):
+        super().__init__("%s: not a regular file (%s): left out" % (path, kind))
+        self.path = path
+
+
+def _kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "mode %o" % stat.S_IFMT(mode)
+
+
+def _open_regular(path):
+    """The file at `path` opened for reading (unbuffered), if it is a regular file; else
+    NotRegularFileError. Opened without waiting: a FIFO's open would wait for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, _kind(mode))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb", buffering=0)
+
+
 # What the decompressors raise for bad data (gzip's BadGzipFile and bz2's are OSErrors).
 DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
@@ -338,26 +372,32 @@ def _read_ahead(read):
                 pass
 
 
-def read_file_blocks(directory, table_file, on_damage=None):
+def read_file_blocks(directory, table_file, on_unreadable=None):
     """read_file_chunks()'s chunks, each as one bytes: its records joined by newlines, as
     they are on disk (split_block() gives the records).
 
     A compressed file that cannot be decompressed to its end gives its records up to the
     damage (not the incomplete one there), then raises DamagedFileError, or passes it to
-    on_damage(error) and ends."""
+    on_unreadable(error) and ends. A name that is not a regular file gives nothing, and
+    NotRegularFileError the same way."""
     path = os.path.join(directory, table_file.name)
     compression = table_file.compression
     try:
-        if compression == ".gz":
-            stream = open(path, "rb", buffering=0)
-            chunks = _read_ahead(GzipInflater(stream).read)
-        else:
-            stream = DECOMPRESSORS.get(compression, open)(path, "rb")
-            chunks = iter(lambda: stream.read(READ_SIZE), b"")
+        raw = _open_regular(path)
     except FileNotFoundError:
         return
+    except NotRegularFileError as error:
+        if on_unreadable is None:
+            raise
+        on_unreadable(error)
+        return
+    if compression == ".gz":
+        stream, chunks = raw, _read_ahead(GzipInflater(raw).read)
+    else:    # bz2 and lzma leave a file object they were given open: `with raw` closes it
+        stream = DECOMPRESSORS[compression](raw, "rb") if compression else raw
+        chunks = iter(lambda: stream.read(READ_SIZE), b"")
     splitter = RecordSplitter()
-    with stream:
+    with raw, stream:
         try:
             for chunk in chunks:
                 splitter.feed(chunk)
@@ -374,9 +414,9 @@ def read_file_blocks(directory, table_file, on_damage=None):
             if block is not None:
                 yield block
             damage = DamagedFileError(path, error)
-            if on_damage is None:
+            if on_unreadable is None:
                 raise damage from None
-            on_damage(damage)
+            on_unreadable(damage)
             return
         finally:
             if compression == ".gz":

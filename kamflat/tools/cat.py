@@ -358,12 +358,12 @@ def run(command, argv):
 def cat(args, source, printer):
     catproc.widen_pipe(printer.out)
     files = reader.list_table_files(source.directory, source.table, args.rotated)
-    damaged = []
+    unreadable = []
 
-    def on_damage(error):       # the other files are still printed; the status says it
+    def on_unreadable(error):   # the other files are still printed; the status says it
         print("kamflat cat: %s" % error, file=sys.stderr, flush=True)
-        damaged.append(error)
-    blocks = [reader.read_file_blocks(source.directory, f, on_damage) for f in files]
+        unreadable.append(error)
+    blocks = [reader.read_file_blocks(source.directory, f, on_unreadable) for f in files]
     converter = None
     if printer.json and catproc.worth_splitting(source.directory, files):
         converter = catproc.Converter(printer, [f.name for f in files], source.time_index)
@@ -383,9 +383,9 @@ def cat(args, source, printer):
                 converter.close()
             except catproc.ConverterFailed as error:
                 raise ToolError(str(error))
-    if damaged:
-        raise ToolError("%d compressed file%s could not be read to the end (above)"
-                        % (len(damaged), "" if len(damaged) == 1 else "s"))
+    if unreadable:
+        raise ToolError("%d file%s left out or read only in part (above)"
+                        % (len(unreadable), "" if len(unreadable) == 1 else "s"))
 
 
 def _print_merged(printer, files, blocks, time_index, converter=None):
