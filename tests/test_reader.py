@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kamflat.acc import pv
-from kamflat.flatstore import reader
+from kamflat.flatstore import opening, reader
 from conftest import DATA
 
 READER_DATA = DATA / "reader"   # acc files written by Kamailio 5.6.3 (conformance/acc_sip)
@@ -248,13 +248,13 @@ GZIP_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(GZIP_CASES))
-@pytest.mark.parametrize("output", [7, 4096, reader.GZIP_OUTPUT])
+@pytest.mark.parametrize("output", [7, 4096, opening.GZIP_OUTPUT])
 def test_gzip_inflater_reads_what_gzip_reads(tmp_path, monkeypatch, case, output):
     """The .gz reader (zlib alone, big reads on a worker thread) against the gzip module,
     with output limits that cut inside records and inside members."""
     data = b"".join(part if part.startswith(b"\0") else gzip.compress(part)
                     for part in GZIP_CASES[case])
-    monkeypatch.setattr(reader, "GZIP_OUTPUT", output)
+    monkeypatch.setattr(opening, "GZIP_OUTPUT", output)
     (tmp_path / "acc_129.log.1.gz").write_bytes(data)
     got = [r.raw for r in reader.read_table(tmp_path, "acc", rotated=True)]
     expected = gzip.decompress(data).split(b"\n")[:-1] if data else []
