@@ -16,7 +16,7 @@ class DamagedFileError(OSError):
 
     def __init__(self, path, error):
         super().__init__("%s: cannot decompress it (%s): only its whole records before that "
-                         "point were read" % (path, error or type(error).__name__))
+                         "point were read" % (path, str(error) or type(error).__name__))
         self.path = path
 
 

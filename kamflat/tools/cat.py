@@ -338,7 +338,7 @@ def run(command, argv):
         source = Source(args)
         printer = Printer(args, source)
         (cat if command == "cat" else follow)(args, source, printer)
-    except ToolError as exc:
+    except (ToolError, catproc.ConverterFailed) as exc:
         print("kamflat %s: %s" % (command, exc), file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -375,14 +375,9 @@ def cat(args, source, printer):
                 converter.close()
                 converter = None
         _print_merged(printer, files, blocks, source.time_index, converter)
-    except catproc.ConverterFailed as error:
-        raise ToolError(str(error))
     finally:
         if converter is not None:
-            try:
-                converter.close()
-            except catproc.ConverterFailed as error:
-                raise ToolError(str(error))
+            converter.close()   # a ConverterFailed is a ToolError's line and status
     if unreadable:
         raise ToolError("%d file%s left out or read only in part (above)"
                         % (len(unreadable), "" if len(unreadable) == 1 else "s"))
